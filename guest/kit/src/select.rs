@@ -1,0 +1,62 @@
+//! Best-first selection of scored postings.
+
+use crate::model::{Options, Ranking};
+
+/// Keeps the rankings at or above `min_score`, best first, at most `top_k`.
+///
+/// Equal scores are ordered by posting id, so a matcher's output is
+/// deterministic whatever order the postings came in. Scores are clamped into [0, 1] first: a rounding error
+/// in a matcher must not become a contract breach.
+pub fn best_first(mut scored: Vec<Ranking>, options: &Options) -> Vec<Ranking> {
+    for ranking in &mut scored {
+        ranking.score = ranking.score.clamp(0.0, 1.0);
+    }
+    scored.retain(|r| r.score >= options.min_score);
+    let k = (options.top_k as usize).min(scored.len());
+    if k < scored.len() {
+        // Partition first so that 10,000 postings and a top_k of 10 do not
+        // pay for a full sort.
+        scored.select_nth_unstable_by(k, best_first_order);
+        scored.truncate(k);
+    }
+    scored.sort_unstable_by(best_first_order);
+    scored
+}
+
+fn best_first_order(a: &Ranking, b: &Ranking) -> std::cmp::Ordering {
+    b.score.total_cmp(&a.score).then_with(|| a.posting_id.cmp(&b.posting_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: &str, score: f32) -> Ranking {
+        Ranking { posting_id: id.into(), score, reasons: vec![] }
+    }
+
+    #[test]
+    fn keeps_the_best_k_in_order() {
+        let scored = vec![r("a", 0.2), r("b", 0.9), r("c", 0.5), r("d", 0.7)];
+        let out = best_first(scored, &Options { top_k: 2, min_score: 0.0 });
+        let ids: Vec<_> = out.iter().map(|r| r.posting_id.as_str()).collect();
+        assert_eq!(ids, ["b", "d"]);
+    }
+
+    #[test]
+    fn drops_scores_under_the_minimum_and_clamps() {
+        let scored = vec![r("a", 0.2), r("b", 1.000_001), r("c", 0.5)];
+        let out = best_first(scored, &Options { top_k: 10, min_score: 0.3 });
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].score, 1.0);
+        assert_eq!(out[1].posting_id, "c");
+    }
+
+    #[test]
+    fn ties_are_deterministic() {
+        let scored = vec![r("b", 0.5), r("a", 0.5), r("c", 0.5)];
+        let out = best_first(scored, &Options { top_k: 2, min_score: 0.0 });
+        let ids: Vec<_> = out.iter().map(|r| r.posting_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+}

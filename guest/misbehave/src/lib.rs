@@ -1,0 +1,142 @@
+//! `misbehave`: a matcher that breaks the rules on purpose, for the host's
+//! sandbox tests. It is built like every other guest and never embedded.
+//!
+//! The candidate's `id` picks the misbehaviour, so one component covers every
+//! case:
+//!
+//! | `candidate.id`  | what it does |
+//! | --------------- | ------------ |
+//! | `panic`         | panics (a trap, with a message on stderr) |
+//! | `loop`          | computes forever |
+//! | `sleep`         | blocks in a host call (a WASI sleep of an hour) |
+//! | `grow`          | allocates until memory runs out |
+//! | `recurse`       | recurses until the stack overflows |
+//! | `score-high`    | returns a score of 7.5 |
+//! | `score-nan`     | returns a NaN score |
+//! | `unknown-id`    | names a posting that was not submitted |
+//! | `duplicate`     | names the same posting twice |
+//! | `too-many`      | returns ten times `top_k` rankings |
+//! | `unsorted`      | returns rankings worst first |
+//! | `long-reasons`  | returns a reason of a megabyte |
+//! | `log-flood`     | writes 100,000 log lines, then answers correctly |
+//! | `stdout-flood`  | prints 10 MB to stdout and stderr, then answers correctly |
+//! | `capabilities`  | tries to read a file, an environment variable and a socket, and reports what happened as reasons |
+//! | `invalid`       | answers `invalid-input` |
+//! | `internal`      | answers `internal` |
+//! | anything else   | answers correctly: every posting, score 0.5 |
+
+use matchbox_guest_kit::{Candidate, Level, MatchError, Matcher, MatcherInfo, Options, Posting, Ranking, log};
+
+#[derive(Debug)]
+pub struct Misbehave;
+
+fn honest(postings: &[Posting], options: &Options) -> Vec<Ranking> {
+    postings
+        .iter()
+        .take(options.top_k as usize)
+        .map(|p| Ranking { posting_id: p.id.clone(), score: 0.5, reasons: vec!["honest answer".into()] })
+        .collect()
+}
+
+fn one(posting_id: &str, score: f32) -> Vec<Ranking> {
+    vec![Ranking { posting_id: posting_id.into(), score, reasons: vec![] }]
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, sink: &mut [u64; 64]) -> u64 {
+    sink[(depth % 64) as usize] = depth;
+    // Keep a frame-sized array alive across the call so the optimiser can
+    // neither inline the recursion away nor turn it into a loop.
+    let frame = std::hint::black_box([depth; 32]);
+    recurse(depth + 1, sink) + frame[(depth % 32) as usize]
+}
+
+impl Matcher for Misbehave {
+    fn info() -> MatcherInfo {
+        MatcherInfo {
+            name: "misbehave".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Breaks the rules on purpose, for sandbox tests.".into(),
+        }
+    }
+
+    fn rank(candidate: Candidate, postings: Vec<Posting>, options: Options) -> Result<Vec<Ranking>, MatchError> {
+        let first = postings.first().map(|p| p.id.clone()).unwrap_or_default();
+        match candidate.id.as_str() {
+            "panic" => panic!("misbehave: deliberate panic"),
+            "loop" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(honest(&postings, &options))
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                let mut sink = [0u64; 64];
+                let n = recurse(0, &mut sink);
+                Ok(one(&first, (n % 2) as f32))
+            }
+            "score-high" => Ok(one(&first, 7.5)),
+            "score-nan" => Ok(one(&first, f32::NAN)),
+            "unknown-id" => Ok(one("no-such-posting", 0.5)),
+            "duplicate" => Ok([one(&first, 0.6), one(&first, 0.5)].concat()),
+            "too-many" => {
+                let n = options.top_k as usize * 10;
+                Ok(postings.iter().cycle().take(n).map(|p| one(&p.id, 0.5).remove(0)).collect())
+            }
+            "unsorted" => {
+                let mut out: Vec<Ranking> =
+                    postings.iter().enumerate().map(|(i, p)| one(&p.id, 0.1 + 0.01 * i as f32).remove(0)).collect();
+                out.truncate(options.top_k as usize);
+                Ok(out)
+            }
+            "long-reasons" => Ok(vec![Ranking { posting_id: first, score: 0.5, reasons: vec!["x".repeat(1 << 20)] }]),
+            "log-flood" => {
+                for i in 0..100_000 {
+                    log(Level::Info, &format!("flood line {i}"));
+                }
+                Ok(honest(&postings, &options))
+            }
+            "stdout-flood" => {
+                let line = "y".repeat(1000);
+                for _ in 0..10_000 {
+                    println!("{line}");
+                    eprintln!("{line}");
+                }
+                Ok(honest(&postings, &options))
+            }
+            "capabilities" => {
+                let file = match std::fs::read("/etc/passwd") {
+                    Ok(bytes) => format!("file: read {} bytes", bytes.len()),
+                    Err(e) => format!("file: denied ({e})"),
+                };
+                let env = match std::env::var("HOME") {
+                    Ok(v) => format!("env: HOME={v}"),
+                    Err(e) => format!("env: denied ({e})"),
+                };
+                let args = format!("args: {}", std::env::args().count());
+                let net = match std::net::TcpStream::connect("127.0.0.1:6379") {
+                    Ok(_) => "net: connected".to_string(),
+                    Err(e) => format!("net: denied ({e})"),
+                };
+                Ok(vec![Ranking { posting_id: first, score: 0.5, reasons: vec![file, env, args, net] }])
+            }
+            "invalid" => Err(MatchError::InvalidInput("misbehave: the input is wrong on purpose".into())),
+            "internal" => Err(MatchError::Internal("misbehave: broke on purpose".into())),
+            _ => Ok(honest(&postings, &options)),
+        }
+    }
+}
+
+matchbox_guest_kit::export_matcher!(Misbehave);
