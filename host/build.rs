@@ -1,0 +1,74 @@
+//! Builds the guest matchers for `wasm32-wasip2`, so that `cargo build` and
+//! `cargo test` are all a fresh clone needs.
+//!
+//! The guests are members of this workspace, built by a nested cargo into a
+//! target directory of their own (`target/guests`, so the nested build never
+//! waits on the lock of the outer one and stays warm across profiles) with the
+//! `guest` profile. `skills` and `text` are embedded in the host binary; the
+//! path of `misbehave` is handed to the tests.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUESTS: &[(&str, &str)] = &[
+    ("matchbox-skills", "matchbox_skills"),
+    ("matchbox-text", "matchbox_text"),
+    ("matchbox-misbehave", "matchbox_misbehave"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.parent().unwrap().to_path_buf();
+    let target_dir = env::var_os("MATCHBOX_GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target").join("guests"));
+
+    for watched in ["guest", "wit", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed=MATCHBOX_GUEST_TARGET_DIR");
+
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&workspace)
+        .args(["build", "--profile", "guest", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    for (package, _) in GUESTS {
+        cmd.args(["-p", package]);
+    }
+    // The outer build's flags are for the host target; they must not leak
+    // into the guests' build (a `-C target-cpu=native` would break it).
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("could not run cargo to build the guest matchers");
+    if !status.success() {
+        panic!(
+            "building the guest matchers failed ({status}); is the wasm32-wasip2 target installed? \
+             `rustup target add wasm32-wasip2`"
+        );
+    }
+
+    let out_dir = target_dir.join("wasm32-wasip2").join("guest");
+    for (package, artifact) in GUESTS {
+        let path = out_dir.join(format!("{artifact}.wasm"));
+        assert!(path.exists(), "{package} did not produce {}", path.display());
+        let var = format!("MATCHBOX_GUEST_{}", package.trim_start_matches("matchbox-").to_uppercase());
+        println!("cargo:rustc-env={var}={}", path_str(&path));
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("the guest target directory's path is not UTF-8")
+}

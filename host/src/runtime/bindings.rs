@@ -1,0 +1,14 @@
+//! Host bindings for the `matcher` world of `wit/matcher.wit`.
+//!
+//! Exports are async so that a job's Store can yield at every epoch tick (see
+//! [`super::Sandbox`]); the one import, `log`, is a plain synchronous host
+//! function: it only appends to a capped in-memory buffer.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "matcher",
+    exports: { default: async },
+});
+
+pub use matchbox::matcher::log::Level;
+pub use matchbox::matcher::types::Skill;

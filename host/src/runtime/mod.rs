@@ -1,0 +1,363 @@
+//! The sandbox: one wasmtime [`Engine`], one [`MatcherPre`] per loaded
+//! matcher, and a fresh [`Store`] for every job, dropped when the job ends
+//! whichever way it ends.
+//!
+//! # Why async wasmtime, with a yield at every epoch tick
+//!
+//! A job's deadline must cover guest compute *and* host calls. Epoch
+//! interruption alone stops compute, but not a guest blocked inside a host
+//! call (a WASI sleep or poll). With async exports, a Store yields to the
+//! executor at every tick, and the whole call is a future: a timeout or a
+//! cancellation around it drops the future, and with it the Store, within one
+//! tick, whatever the guest is doing. Guests run on the job runtime of
+//! [`crate::jobs`], a tokio runtime of their own, so guest compute never
+//! occupies a worker of the runtime that serves HTTP.
+//!
+//! The deadline is counted in epoch ticks by the Store's epoch callback, so a
+//! timeout is reported after `deadline / tick` ticks however loaded the
+//! machine is; a tokio timeout two ticks later is the backstop for a guest
+//! blocked in a host call.
+
+mod bindings;
+mod contract;
+mod epoch;
+mod limits;
+mod live;
+mod state;
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+pub use bindings::{Candidate, Level, MatchError, MatcherInfo, MatcherPre, Options, Posting, Ranking, Skill};
+pub use epoch::Ticks;
+pub use limits::JobLimits;
+pub use live::LiveInstances;
+pub use state::{GuestLog, JobState, LogLine};
+
+use bindings::Matcher;
+
+/// Engine-wide settings, fixed at start.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The largest linear memory any instance may have: the pooling
+    /// allocator's slot size, and the ceiling of every job's memory cap.
+    pub max_memory: usize,
+    /// How many instances may exist at once (pool slots): the job workers,
+    /// plus room for matchers being loaded.
+    pub instances: u32,
+    /// The epoch tick: the granularity of deadlines and cancellation.
+    pub tick: Duration,
+    /// Wasm stack per instance; deeper recursion is a stack-overflow failure.
+    pub max_wasm_stack: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_memory: 256 << 20,
+            instances: 16,
+            tick: Duration::from_millis(10),
+            max_wasm_stack: 1 << 20,
+        }
+    }
+}
+
+/// One job's input, in the contract's types.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    pub candidate: Candidate,
+    pub postings: Vec<Posting>,
+    pub options: Options,
+}
+
+/// Why a job failed. Each names a cause a person can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The matcher refused the input (`invalid-input`): the caller's fault.
+    InvalidInput,
+    /// The matcher reported an error of its own (`internal`).
+    MatcherError,
+    /// The guest trapped (a panic, an unreachable, a bad memory access...).
+    Trap,
+    /// The job ran past its deadline.
+    Timeout,
+    /// The guest asked for more memory than its cap.
+    MemoryLimit,
+    /// The guest overflowed its wasm stack.
+    StackOverflow,
+    /// The guest's answer broke the contract (score out of range, unknown
+    /// posting, too many results...).
+    ContractViolation,
+    /// The job was cancelled before it finished.
+    Cancelled,
+    /// The host could not run the job (no instance slot, matcher gone).
+    Unavailable,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::InvalidInput => "invalid_input",
+            FailureKind::MatcherError => "matcher_error",
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::StackOverflow => "stack_overflow",
+            FailureKind::ContractViolation => "contract_violation",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl JobFailure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        JobFailure { kind, message: message.into() }
+    }
+}
+
+/// Everything a job produced, read out of its Store before the Store dropped.
+#[derive(Debug)]
+pub struct JobReport {
+    pub outcome: Result<Vec<Ranking>, JobFailure>,
+    pub log: GuestLog,
+    pub stdout: String,
+    pub stderr: String,
+    /// Time to instantiate the component, if it got that far.
+    pub instantiate: Option<Duration>,
+    /// Time from Store creation to the answer.
+    pub elapsed: Duration,
+    /// Epoch ticks from the start of the call to its end.
+    pub ticks: u64,
+}
+
+/// Raised by the epoch callback to stop a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Interrupted {
+    #[error("deadline reached")]
+    Timeout,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The engine, the linker and the epoch ticker, built once per process.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<JobState>,
+    config: SandboxConfig,
+    live: LiveInstances,
+    ticker: epoch::EpochTicker,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.instances)
+            .total_core_instances(config.instances * 8)
+            .total_memories(config.instances * 2)
+            .total_tables(config.instances * 4)
+            .total_stacks(config.instances)
+            .max_memory_size(config.max_memory);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
+
+        let mut linker = Linker::new(&engine);
+        // All of WASI 0.2, so that components from any toolchain link; the
+        // per-job context grants none of it (see `JobState::new`).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        Matcher::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)?;
+
+        let ticker = epoch::EpochTicker::start(engine.clone(), config.tick)?;
+        Ok(Sandbox { engine, linker, config, live: LiveInstances::default(), ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The live-instance gauge.
+    pub fn live(&self) -> &LiveInstances {
+        &self.live
+    }
+
+    pub fn ticks(&self) -> &Ticks {
+        self.ticker.ticks()
+    }
+
+    /// Type-checks a component against the `matcher` world and the host's
+    /// imports, once, so that each job only instantiates.
+    pub fn prepare(&self, component: &Component) -> anyhow::Result<MatcherPre<JobState>> {
+        let pre = self.linker.instantiate_pre(component).map_err(anyhow::Error::from)?;
+        MatcherPre::new(pre).map_err(anyhow::Error::from)
+    }
+
+    fn store(&self, limits: &JobLimits, cancel: CancellationToken) -> Store<JobState> {
+        let ticks = self.ticks().clone();
+        let mut state = JobState::new(limits.clone(), cancel, self.live.enter());
+        state.started_tick = ticks.now();
+        state.deadline_ticks = limits.deadline.as_nanos().div_ceil(self.config.tick.as_nanos().max(1)) as u64;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |ctx| {
+            let state = ctx.data();
+            if state.cancel.is_cancelled() {
+                return Err(Interrupted::Cancelled.into());
+            }
+            if ticks.now().saturating_sub(state.started_tick) >= state.deadline_ticks {
+                return Err(Interrupted::Timeout.into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    /// Runs `rank` in a fresh instance and checks the answer.
+    ///
+    /// The Store is created here and dropped before this returns, whether the
+    /// guest answered, failed, ran out of time or was cancelled through
+    /// `cancel` (or by dropping this future).
+    pub async fn rank(
+        &self,
+        matcher: &MatcherPre<JobState>,
+        input: &JobInput,
+        limits: &JobLimits,
+        cancel: CancellationToken,
+    ) -> JobReport {
+        let started = Instant::now();
+        let mut store = self.store(limits, cancel.clone());
+        let start_tick = store.data().started_tick;
+        let mut instantiate = None;
+        let backstop = limits.deadline + 2 * self.config.tick;
+
+        let call = async {
+            let instance = matcher.instantiate_async(&mut store).await?;
+            instantiate = Some(started.elapsed());
+            instance.call_rank(&mut store, &input.candidate, &input.postings, input.options).await
+        };
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Interrupted::Cancelled.into()),
+            r = tokio::time::timeout(backstop, call) => r.unwrap_or_else(|_| Err(Interrupted::Timeout.into())),
+        };
+
+        let state = store.data();
+        let outcome = match result {
+            Ok(Ok(rankings)) => contract::check(&rankings, &input.postings, &input.options, limits)
+                .map(|()| rankings)
+                .map_err(|breach| JobFailure::new(FailureKind::ContractViolation, breach)),
+            Ok(Err(MatchError::InvalidInput(m))) => Err(JobFailure::new(FailureKind::InvalidInput, m)),
+            Ok(Err(MatchError::Internal(m))) => Err(JobFailure::new(FailureKind::MatcherError, m)),
+            Err(err) => Err(classify(&err, state, limits, instantiate.is_some())),
+        };
+        let (stdout, _) = state.stdout.contents();
+        let (stderr, _) = state.stderr.contents();
+        let report = JobReport {
+            outcome,
+            log: state.log.clone(),
+            stdout,
+            stderr,
+            instantiate,
+            elapsed: started.elapsed(),
+            ticks: self.ticks().now().saturating_sub(start_tick),
+        };
+        drop(store);
+        report
+    }
+
+    /// Calls `info()` in a fresh instance, under `limits`.
+    pub async fn info(&self, matcher: &MatcherPre<JobState>, limits: &JobLimits) -> Result<MatcherInfo, JobFailure> {
+        let mut store = self.store(limits, CancellationToken::new());
+        let call = async {
+            let instance = matcher.instantiate_async(&mut store).await?;
+            instance.call_info(&mut store).await
+        };
+        let backstop = limits.deadline + 2 * self.config.tick;
+        let result = tokio::time::timeout(backstop, call)
+            .await
+            .unwrap_or_else(|_| Err(Interrupted::Timeout.into()));
+        result.map_err(|err| classify(&err, store.data(), limits, true))
+    }
+}
+
+/// Names the cause of a failed call.
+fn classify(err: &wasmtime::Error, state: &JobState, limits: &JobLimits, instantiated: bool) -> JobFailure {
+    if let Some(interrupted) = err.downcast_ref::<Interrupted>() {
+        return match interrupted {
+            Interrupted::Timeout => JobFailure::new(
+                FailureKind::Timeout,
+                format!("the job ran past its deadline of {}", humantime::format_duration(limits.deadline)),
+            ),
+            Interrupted::Cancelled => JobFailure::new(FailureKind::Cancelled, "the job was cancelled"),
+        };
+    }
+    if let Some(desired) = state.memory_refused {
+        return JobFailure::new(
+            FailureKind::MemoryLimit,
+            format!(
+                "the guest asked for {} of linear memory; the limit is {}",
+                mib(desired),
+                mib(limits.memory)
+            ),
+        );
+    }
+    let stderr = stderr_tail(state);
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => {
+            JobFailure::new(FailureKind::StackOverflow, "the guest overflowed its wasm stack".to_string())
+        }
+        Some(Trap::Interrupt) => JobFailure::new(FailureKind::Timeout, "the job was interrupted at its deadline"),
+        Some(trap) => JobFailure::new(FailureKind::Trap, format!("the guest trapped: {trap}{stderr}")),
+        None if !instantiated => {
+            JobFailure::new(FailureKind::Unavailable, format!("could not instantiate the matcher: {err:#}"))
+        }
+        None => JobFailure::new(FailureKind::Trap, format!("the guest failed: {err:#}{stderr}")),
+    }
+}
+
+/// The end of what the guest wrote to stderr (a panic message, usually),
+/// formatted to follow a failure message.
+fn stderr_tail(state: &JobState) -> String {
+    const MAX: usize = 512;
+    let (stderr, _) = state.stderr.contents();
+    let text = stderr.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut start = text.len().saturating_sub(MAX);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("; guest stderr: {}", &text[start..])
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
