@@ -1,0 +1,127 @@
+//! The HTTP API (v1): routes, handlers, and the JSON extractor whose
+//! rejections leave through [`ApiError`] like every other error.
+
+mod error;
+pub mod types;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub use error::ApiError;
+use types::{Accepted, Caps, MatchRequest};
+
+use crate::registry::MatcherSummary;
+use crate::service::Matchbox;
+use crate::tasks::{Task, TaskId};
+
+pub type AppState = Arc<Matchbox>;
+
+/// `axum::Json`, with its rejections turned into [`ApiError`]s.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// The router over `state`; tests call it with `oneshot`, without a socket.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/jobs/match", post(submit))
+        .route("/tasks/{id}", get(get_task).delete(delete_task))
+        .route("/matchers", get(list_matchers))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmitQuery {
+    wait: Option<String>,
+}
+
+async fn submit(
+    State(app): State<AppState>,
+    query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<ApiJson<MatchRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let wait = query.wait.as_deref().map(|w| parse_wait(w, app.config.max_wait)).transpose()?;
+    let ApiJson(request) = body?;
+    let caps = Caps { max_postings: app.config.max_postings };
+    let (matcher, input) = request.into_job(&caps)?;
+    let task = app.submit(matcher.as_deref(), input).await?;
+    let location = HeaderValue::from_str(&format!("/tasks/{}", task.task_id)).expect("a uuid is a valid header");
+
+    if let Some(wait) = wait {
+        let now = app.wait(task.task_id, wait).await?;
+        if now.status.is_terminal() {
+            return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(now)).into_response());
+        }
+    }
+    let accepted = Accepted {
+        task_id: task.task_id,
+        status: task.status,
+        matcher: task.matcher,
+        created_at: task.created_at,
+        expires_at: task.expires_at,
+    };
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(accepted)).into_response())
+}
+
+fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {
+    let wait = crate::config::parse_duration(raw).map_err(|e| ApiError::bad_request("invalid_wait", e))?;
+    if wait > max {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("wait={raw} is longer than the cap of {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(wait)
+}
+
+fn parse_task_id(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::try_parse(raw)
+        .map_err(|_| ApiError::bad_request("invalid_task_id", format!("'{raw}' is not a task id (a UUID)")))
+}
+
+async fn get_task(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+    let id = parse_task_id(&id)?;
+    Ok(Json(app.task(id).await?))
+}
+
+async fn delete_task(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_task_id(&id)?;
+    app.cancel(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_matchers(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let matchers: Vec<MatcherSummary> = app.registry.list().iter().map(|m| m.summary()).collect();
+    Json(serde_json::json!({ "matchers": matchers }))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    app.store.check().await?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no_such_route", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}

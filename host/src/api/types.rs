@@ -1,0 +1,246 @@
+//! Request and response bodies, and the checks that turn a request into a
+//! job. JSON field names are the WIT field names in snake_case.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::error::ApiError;
+use crate::runtime::{Candidate, JobInput, Options, Posting, Skill};
+use crate::tasks::{TaskId, TaskStatus};
+
+/// Caps on one request's content. Counts and lengths past a cap answer 413,
+/// values out of range 422; either way the message names the field and cap.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub max_postings: usize,
+}
+
+pub const MAX_ID_BYTES: usize = 256;
+/// Skill names, titles, locations.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Summaries and descriptions.
+pub const MAX_TEXT_BYTES: usize = 64 << 10;
+/// Skills of a candidate; required and preferred skills of a posting.
+pub const MAX_LIST_ITEMS: usize = 256;
+pub const MAX_TOP_K: u32 = 1000;
+pub const DEFAULT_TOP_K: u32 = 10;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRequest {
+    /// A matcher name; the default matcher when absent.
+    #[serde(default)]
+    pub matcher: Option<String>,
+    pub candidate: CandidateIn,
+    pub postings: Vec<PostingIn>,
+    #[serde(default)]
+    pub options: OptionsIn,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkillIn {
+    pub name: String,
+    #[serde(default = "one")]
+    pub weight: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateIn {
+    pub id: String,
+    #[serde(default)]
+    pub skills: Vec<SkillIn>,
+    #[serde(default)]
+    pub years_experience: f32,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub remote_ok: bool,
+    #[serde(default)]
+    pub desired_salary: Option<u32>,
+    #[serde(default)]
+    pub summary: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostingIn {
+    pub id: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub required_skills: Vec<String>,
+    #[serde(default)]
+    pub preferred_skills: Vec<String>,
+    #[serde(default)]
+    pub min_years: f32,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub remote: bool,
+    #[serde(default)]
+    pub salary_min: Option<u32>,
+    #[serde(default)]
+    pub salary_max: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionsIn {
+    #[serde(default = "default_top_k")]
+    pub top_k: u32,
+    #[serde(default)]
+    pub min_score: f32,
+}
+
+fn default_top_k() -> u32 {
+    DEFAULT_TOP_K
+}
+
+impl Default for OptionsIn {
+    fn default() -> Self {
+        OptionsIn { top_k: DEFAULT_TOP_K, min_score: 0.0 }
+    }
+}
+
+/// The answer to an accepted submission (202).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Accepted {
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    pub matcher: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+fn too_large(field: &str, size: usize, unit: &str, cap: usize) -> ApiError {
+    ApiError::too_large(format!("{field} has {size} {unit}; the cap is {cap}"))
+}
+
+fn check_len(field: impl FnOnce() -> String, s: &str, cap: usize) -> Result<(), ApiError> {
+    if s.len() > cap {
+        return Err(too_large(&field(), s.len(), "bytes", cap));
+    }
+    Ok(())
+}
+
+fn check_items<T>(field: impl FnOnce() -> String, items: &[T], cap: usize) -> Result<(), ApiError> {
+    if items.len() > cap {
+        return Err(too_large(&field(), items.len(), "items", cap));
+    }
+    Ok(())
+}
+
+fn check_id(field: impl Fn() -> String, id: &str) -> Result<(), ApiError> {
+    if id.trim().is_empty() {
+        return Err(ApiError::invalid(format!("{} must not be empty", field())));
+    }
+    check_len(field, id, MAX_ID_BYTES)
+}
+
+fn check_range(field: impl FnOnce() -> String, value: f32, lo: f32, hi: f32) -> Result<(), ApiError> {
+    if !(lo..=hi).contains(&value) {
+        return Err(ApiError::invalid(format!("{} must be in [{lo}, {hi}], got {value}", field())));
+    }
+    Ok(())
+}
+
+impl MatchRequest {
+    /// Checks every cap and range, and moves the request into a job's input.
+    pub fn into_job(self, caps: &Caps) -> Result<(Option<String>, JobInput), ApiError> {
+        let MatchRequest { matcher, candidate, postings, options } = self;
+        if let Some(name) = &matcher {
+            check_id(|| "matcher".into(), name)?;
+        }
+        if options.top_k == 0 || options.top_k > MAX_TOP_K {
+            return Err(ApiError::invalid(format!(
+                "options.top_k must be between 1 and {MAX_TOP_K}, got {}",
+                options.top_k
+            )));
+        }
+        check_range(|| "options.min_score".into(), options.min_score, 0.0, 1.0)?;
+        check_items(|| "postings".into(), &postings, caps.max_postings)?;
+        if postings.is_empty() {
+            return Err(ApiError::invalid("postings must not be empty"));
+        }
+
+        let c = candidate;
+        check_id(|| "candidate.id".into(), &c.id)?;
+        check_items(|| "candidate.skills".into(), &c.skills, MAX_LIST_ITEMS)?;
+        for (i, s) in c.skills.iter().enumerate() {
+            check_id(|| format!("candidate.skills[{i}].name"), &s.name)?;
+            check_len(|| format!("candidate.skills[{i}].name"), &s.name, MAX_NAME_BYTES)?;
+            check_range(|| format!("candidate.skills[{i}].weight"), s.weight, 0.0, 1.0)?;
+        }
+        check_range(|| "candidate.years_experience".into(), c.years_experience, 0.0, 100.0)?;
+        if let Some(l) = &c.location {
+            check_len(|| "candidate.location".into(), l, MAX_NAME_BYTES)?;
+        }
+        check_len(|| "candidate.summary".into(), &c.summary, MAX_TEXT_BYTES)?;
+        let candidate = Candidate {
+            id: c.id,
+            skills: c.skills.into_iter().map(|s| Skill { name: s.name, weight: s.weight }).collect(),
+            years_experience: c.years_experience,
+            location: c.location,
+            remote_ok: c.remote_ok,
+            desired_salary: c.desired_salary,
+            summary: c.summary,
+        };
+
+        let mut seen = HashSet::with_capacity(postings.len());
+        for (i, p) in postings.iter().enumerate() {
+            check_id(|| format!("postings[{i}].id"), &p.id)?;
+            if !seen.insert(p.id.as_str()) {
+                return Err(ApiError::invalid(format!("postings[{i}].id '{}' appears more than once", p.id)));
+            }
+        }
+        drop(seen);
+        let mut checked = Vec::with_capacity(postings.len());
+        for (i, p) in postings.into_iter().enumerate() {
+            check_len(|| format!("postings[{i}].title"), &p.title, MAX_NAME_BYTES)?;
+            check_len(|| format!("postings[{i}].description"), &p.description, MAX_TEXT_BYTES)?;
+            for (list, skills) in [("required_skills", &p.required_skills), ("preferred_skills", &p.preferred_skills)] {
+                check_items(|| format!("postings[{i}].{list}"), skills, MAX_LIST_ITEMS)?;
+                for (j, s) in skills.iter().enumerate() {
+                    check_len(|| format!("postings[{i}].{list}[{j}]"), s, MAX_NAME_BYTES)?;
+                }
+            }
+            check_range(|| format!("postings[{i}].min_years"), p.min_years, 0.0, 100.0)?;
+            if let Some(l) = &p.location {
+                check_len(|| format!("postings[{i}].location"), l, MAX_NAME_BYTES)?;
+            }
+            if let (Some(lo), Some(hi)) = (p.salary_min, p.salary_max)
+                && lo > hi
+            {
+                return Err(ApiError::invalid(format!(
+                    "postings[{i}].salary_min ({lo}) is above salary_max ({hi})"
+                )));
+            }
+            checked.push(Posting {
+                id: p.id,
+                title: p.title,
+                description: p.description,
+                required_skills: p.required_skills,
+                preferred_skills: p.preferred_skills,
+                min_years: p.min_years,
+                location: p.location,
+                remote: p.remote,
+                salary_min: p.salary_min,
+                salary_max: p.salary_max,
+            });
+        }
+        let options = Options { top_k: options.top_k, min_score: options.min_score };
+        Ok((matcher, JobInput { candidate, postings: checked, options }))
+    }
+}

@@ -1,0 +1,139 @@
+//! `matchbox serve` settings: every flag has an environment variable
+//! (`MATCHBOX_*`) and a default, and [`Config::default`] is exactly what
+//! `matchbox serve` runs with when given nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::runtime::{JobLimits, SandboxConfig};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "matchbox serve", about = "Serve the matchbox HTTP API on its embedded defaults.")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "MATCHBOX_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// How long a task lives, counted from its creation; then it is deleted
+    /// and a job still running for it is stopped. E.g. `90s`, `5m`, `1h`.
+    #[arg(long, env = "MATCHBOX_TASK_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub task_ttl: Duration,
+
+    /// Most tasks the table holds at once; past it, submissions get 429.
+    #[arg(long, env = "MATCHBOX_MAX_TASKS", default_value_t = 100_000)]
+    pub max_tasks: usize,
+
+    /// Jobs run at once (default: the number of CPU cores).
+    #[arg(long, env = "MATCHBOX_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Jobs waiting for a worker at most; past it, submissions get 429.
+    #[arg(long, env = "MATCHBOX_QUEUE", default_value_t = 1024)]
+    pub queue: usize,
+
+    /// Deadline of one job, from instantiation to the answer.
+    #[arg(long, env = "MATCHBOX_JOB_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+
+    /// Linear memory one job's instance may use. E.g. `64MiB`, `1GiB`.
+    #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    pub max_memory: usize,
+
+    /// Largest request body accepted; past it, 413.
+    #[arg(long, env = "MATCHBOX_MAX_BODY", default_value = "8MiB", value_parser = parse_size)]
+    pub max_body: usize,
+
+    /// Most postings in one job; past it, 413.
+    #[arg(long, env = "MATCHBOX_MAX_POSTINGS", default_value_t = 10_000)]
+    pub max_postings: usize,
+
+    /// Longest `?wait=` a client may ask for.
+    #[arg(long, env = "MATCHBOX_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
+    /// Log format: `text` for people, `json` for log pipelines. Filter with
+    /// `RUST_LOG` (default `info`).
+    #[arg(long, env = "MATCHBOX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["matchbox serve"])
+    }
+}
+
+impl Config {
+    pub fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn sandbox(&self) -> SandboxConfig {
+        SandboxConfig {
+            max_memory: self.max_memory,
+            // One instance per worker, and room for matchers being loaded.
+            instances: (self.workers() + 4) as u32,
+            ..SandboxConfig::default()
+        }
+    }
+
+    pub fn job_limits(&self) -> JobLimits {
+        JobLimits { memory: self.max_memory, deadline: self.job_timeout, ..JobLimits::default() }
+    }
+}
+
+/// Parses `90s`, `5m`, `1h`, `250ms`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration such as 90s, 5m or 1h: {e}"))
+}
+
+/// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `KB`, `MB`,
+/// `GB` as powers of ten).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("'{s}' is not a size such as 64MiB"))?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("'{s}': unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(multiplier).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.task_ttl, Duration::from_secs(3600));
+        assert_eq!(c.max_body, 8 << 20);
+        assert_eq!(c.max_postings, 10_000);
+        assert!(c.workers() >= 1);
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}

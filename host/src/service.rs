@@ -1,0 +1,128 @@
+//! [`Matchbox`]: the service the API serves, put together from the sandbox,
+//! the matcher registry, the task store and the job runner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracing::Instrument as _;
+
+use crate::config::Config;
+use crate::jobs::{Job, JobRunner, JobTracker};
+use crate::registry::{DEFAULT_MATCHER, MatcherRegistry};
+use crate::runtime::{JobInput, Sandbox};
+use crate::tasks::{Clock, MemoryStore, OnExpire, StoreError, Task, TaskId, TaskStore};
+
+pub struct Matchbox {
+    pub config: Config,
+    pub clock: Clock,
+    pub sandbox: Arc<Sandbox>,
+    pub registry: Arc<MatcherRegistry>,
+    pub store: Arc<dyn TaskStore>,
+    pub jobs: JobRunner,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no matcher named '{0}'")]
+    UnknownMatcher(String),
+    #[error("the job queue is full ({0} jobs waiting)")]
+    QueueFull(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("no task {0}")]
+    NotFound(TaskId),
+    #[error("task {0} has expired")]
+    Gone(TaskId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Matchbox {
+    /// Builds the service on the embedded defaults: the memory task store and
+    /// the built-in matchers. Must be called inside a tokio runtime.
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let sandbox = Arc::new(Sandbox::new(config.sandbox()).context("creating the wasm engine")?);
+        let registry = Arc::new(MatcherRegistry::with_builtins(&sandbox).await?);
+        let clock = Clock::new();
+        let tracker = Arc::new(JobTracker::default());
+        let on_expire: OnExpire = {
+            let tracker = tracker.clone();
+            Arc::new(move |ids: &[TaskId]| {
+                for id in ids {
+                    // A job still queued or running for an expired task stops
+                    // now; its Store is dropped within one epoch tick.
+                    if tracker.cancel(*id) {
+                        tracing::info!(task_id = %id, "task expired while its job was in flight; cancelled it");
+                    }
+                }
+            })
+        };
+        let store: Arc<dyn TaskStore> =
+            Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire));
+        let jobs = JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone())
+            .context("starting the job workers")?;
+        Ok(Arc::new(Matchbox { config, clock, sandbox, registry, store, jobs }))
+    }
+
+    /// Accepts a job: records a pending task and queues the job. Once this
+    /// returns `Ok`, the task ends in a terminal state or expires.
+    pub async fn submit(&self, matcher: Option<&str>, input: JobInput) -> Result<Task, SubmitError> {
+        let name = matcher.unwrap_or(DEFAULT_MATCHER);
+        let matcher = self.registry.get(name).ok_or_else(|| SubmitError::UnknownMatcher(name.to_string()))?;
+        let queue = self.jobs.queue();
+        let slot = queue.reserve().ok_or(SubmitError::QueueFull(queue.capacity()))?;
+
+        let task = Task::pending(self.clock.new_task_id(), matcher.name.clone(), self.clock.now(), self.store.ttl());
+        let id = task.task_id;
+        let span = tracing::info_span!("task", task_id = %id, matcher = %matcher.name);
+        // Tracked before it is stored, so an expiry can never miss it.
+        let (cancel, _done) = self.jobs.tracker().track(id);
+        if let Err(err) = self.store.insert(task.clone()).instrument(span.clone()).await {
+            self.jobs.tracker().finished(id);
+            return Err(err.into());
+        }
+        span.in_scope(|| tracing::info!(postings = input.postings.len(), "task accepted"));
+        slot.push(Job { task_id: id, matcher, input, limits: self.config.job_limits(), cancel, span });
+        Ok(task)
+    }
+
+    /// The task, or why there is none: expired (its id's timestamp is older
+    /// than the time to live) or never known here.
+    pub async fn task(&self, id: TaskId) -> Result<Task, LookupError> {
+        match self.store.get(id).await? {
+            Some(task) => Ok(task),
+            None => Err(self.missing(id)),
+        }
+    }
+
+    /// Cancels a job still queued or running and deletes its task.
+    pub async fn cancel(&self, id: TaskId) -> Result<(), LookupError> {
+        if !self.store.remove(id).await? {
+            return Err(self.missing(id));
+        }
+        self.jobs.tracker().cancel(id);
+        tracing::info!(task_id = %id, "task deleted by request");
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the task's job to end, then reads the task.
+    pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Task, LookupError> {
+        if let Some(done) = self.jobs.tracker().done(id) {
+            let _ = tokio::time::timeout(timeout, done.cancelled()).await;
+        }
+        self.task(id).await
+    }
+
+    fn missing(&self, id: TaskId) -> LookupError {
+        if self.clock.has_expired(&id, self.store.ttl()) {
+            LookupError::Gone(id)
+        } else {
+            LookupError::NotFound(id)
+        }
+    }
+}

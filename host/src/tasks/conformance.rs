@@ -1,0 +1,130 @@
+//! The conformance suite every [`TaskStore`] must pass.
+//!
+//! Call [`run`] with a factory that builds a fresh, empty store for a given
+//! capacity and time to live. The suite only uses `tokio::time` to wait, so
+//! under a paused clock (the memory store's test) it runs instantly, and
+//! against a real backend it waits for real expiry, polling with a bound.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Clock, StoreError, Task, TaskError, TaskOutcome, TaskStatus, TaskStore};
+use crate::runtime::FailureKind;
+use crate::tasks::Ranking;
+
+/// Runs every check against stores made by `make(capacity, ttl)`.
+pub async fn run<F, Fut>(make: F)
+where
+    F: Fn(usize, Duration) -> Fut,
+    Fut: Future<Output = Arc<dyn TaskStore>>,
+{
+    const LONG: Duration = Duration::from_secs(3600);
+    round_trip(make(16, LONG).await).await;
+    transitions_happen_once(make(16, LONG).await).await;
+    unknown_ids_are_refused(make(16, LONG).await).await;
+    capacity_is_enforced(make(3, LONG).await).await;
+    expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
+}
+
+fn pending(store: &dyn TaskStore, clock: &Clock) -> Task {
+    Task::pending(clock.new_task_id(), "skills".into(), clock.now(), store.ttl())
+}
+
+async fn round_trip(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    store.check().await.expect("a fresh store is ready");
+    let task = pending(&*store, &clock);
+    store.insert(task.clone()).await.unwrap();
+    assert_eq!(store.get(task.task_id).await.unwrap(), Some(task.clone()));
+    assert_eq!(store.len().await.unwrap(), 1);
+    assert_eq!(store.insert(task.clone()).await, Err(StoreError::Duplicate(task.task_id)));
+    assert!(store.remove(task.task_id).await.unwrap());
+    assert_eq!(store.get(task.task_id).await.unwrap(), None);
+    assert!(!store.remove(task.task_id).await.unwrap(), "a second remove finds nothing");
+    assert_eq!(store.len().await.unwrap(), 0);
+}
+
+async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    let task = pending(&*store, &clock);
+    let id = task.task_id;
+    store.insert(task.clone()).await.unwrap();
+
+    assert!(store.start(id).await.unwrap());
+    assert!(!store.start(id).await.unwrap(), "a task starts once");
+    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Running);
+
+    let rankings = vec![Ranking { posting_id: "p1".into(), score: 0.75, reasons: vec!["3/4 required skills".into()] }];
+    assert!(store.finish(id, TaskOutcome::Completed(rankings.clone())).await.unwrap());
+    let late = TaskOutcome::Failed(TaskError { kind: FailureKind::Trap, message: "late".into() });
+    assert!(!store.finish(id, late).await.unwrap(), "a result is written once");
+    assert!(!store.start(id).await.unwrap(), "an ended task does not restart");
+
+    let done = store.get(id).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(done.result.unwrap().rankings, rankings);
+    assert_eq!(done.error, None);
+    assert!(done.updated_at >= done.created_at);
+    assert_eq!(done.expires_at, task.expires_at, "finishing does not extend the time to live");
+
+    // A pending task can end without running (cancelled or failed early).
+    let early = pending(&*store, &clock);
+    store.insert(early.clone()).await.unwrap();
+    let error = TaskError { kind: FailureKind::Unavailable, message: "matcher removed".into() };
+    assert!(store.finish(early.task_id, TaskOutcome::Failed(error.clone())).await.unwrap());
+    let failed = store.get(early.task_id).await.unwrap().unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert_eq!(failed.error, Some(error));
+    assert_eq!(failed.result, None);
+}
+
+async fn unknown_ids_are_refused(store: Arc<dyn TaskStore>) {
+    let id = Clock::new().new_task_id();
+    assert_eq!(store.get(id).await.unwrap(), None);
+    assert!(!store.start(id).await.unwrap());
+    assert!(!store.finish(id, TaskOutcome::Cancelled).await.unwrap());
+    assert!(!store.remove(id).await.unwrap());
+    assert_eq!(store.len().await.unwrap(), 0, "nothing was created by touching an unknown id");
+}
+
+async fn capacity_is_enforced(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    assert_eq!(store.capacity(), 3);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let task = pending(&*store, &clock);
+        ids.push(task.task_id);
+        store.insert(task).await.unwrap();
+    }
+    let refused = pending(&*store, &clock);
+    assert_eq!(store.insert(refused.clone()).await, Err(StoreError::Full { capacity: 3 }));
+    assert_eq!(store.get(refused.task_id).await.unwrap(), None);
+    for id in &ids {
+        assert!(store.get(*id).await.unwrap().is_some(), "a full table loses nothing it accepted");
+    }
+    assert!(store.remove(ids[0]).await.unwrap());
+    store.insert(refused).await.expect("room again after a delete");
+}
+
+async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    let ttl = store.ttl();
+    let task = pending(&*store, &clock);
+    let id = task.task_id;
+    store.insert(task).await.unwrap();
+    tokio::time::sleep(ttl / 2).await;
+    assert!(store.start(id).await.unwrap());
+    assert!(store.finish(id, TaskOutcome::Completed(vec![])).await.unwrap());
+    assert!(store.get(id).await.unwrap().is_some(), "alive before its time to live");
+
+    // Gone soon after the time to live, counted from creation, not from the
+    // last update. Backends with coarse expiry get a bounded grace period.
+    tokio::time::sleep(ttl / 2).await;
+    let grace = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.get(id).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < grace, "task still present 5 s after its time to live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.len().await.unwrap(), 0);
+}

@@ -1,0 +1,339 @@
+//! The in-memory task table, the embedded default.
+//!
+//! A `HashMap` of tasks beside a `BTreeSet<(Instant, TaskId)>` expiry index,
+//! both behind one `std::sync::Mutex`, and a purge task that sleeps until the
+//! earliest expiry (or until told that an earlier one arrived), deletes what
+//! has expired, and sleeps again. Expiry work is proportional to what expires:
+//! the purge walks the index from its front and stops at the first entry
+//! still alive, and never scans the table.
+//!
+//! # Why a std mutex
+//!
+//! Every critical section is a few map operations with no `.await` inside,
+//! so the lock is held for well under a microsecond. An async mutex would
+//! cost more (it is a std mutex plus a waiter queue) and would only help if
+//! we held the lock across an await, which we never do. Contention is low
+//! because nothing slow ever runs under the lock: cancelling expired jobs,
+//! for instance, happens after it is released.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Clock, StoreError, Task, TaskId, TaskOutcome, TaskStatus, TaskStore};
+
+/// Told the ids of tasks the purge deleted, after the lock is released, so
+/// that jobs still running for them can be cancelled.
+pub type OnExpire = Arc<dyn Fn(&[TaskId]) + Send + Sync>;
+
+/// Below this many slots the map is never shrunk: shrinking a small map
+/// saves nothing and would just make the next burst reallocate.
+const MIN_SLOTS: usize = 64;
+
+/// The in-memory [`TaskStore`]. Dropping it stops its purge task.
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+    ttl: Duration,
+    capacity: usize,
+    purge: JoinHandle<()>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the purge task when a task with an earlier expiry than any it
+    /// knew of is inserted.
+    wake_purge: Notify,
+    clock: Clock,
+    on_expire: OnExpire,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<TaskId, Entry>,
+    expirations: BTreeSet<(Instant, TaskId)>,
+}
+
+struct Entry {
+    task: Task,
+    expires: Instant,
+}
+
+impl MemoryStore {
+    /// A table of at most `capacity` tasks, each living `ttl`. Must be called
+    /// inside a tokio runtime: it spawns the purge task there.
+    pub fn new(capacity: usize, ttl: Duration, clock: Clock, on_expire: OnExpire) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake_purge: Notify::new(),
+            clock,
+            on_expire,
+        });
+        let purge = tokio::spawn(purge_expired_tasks(shared.clone()));
+        MemoryStore { shared, ttl, capacity, purge }
+    }
+
+    /// Slots allocated in the table's map right now; the regression test for
+    /// the seed's leak checks that a burst does not pin its peak.
+    pub fn allocated_slots(&self) -> usize {
+        self.shared.state.lock().unwrap().tasks.capacity()
+    }
+
+    /// Entries in the expiry index; always equal to the number of tasks.
+    pub fn indexed(&self) -> usize {
+        self.shared.state.lock().unwrap().expirations.len()
+    }
+}
+
+impl Drop for MemoryStore {
+    fn drop(&mut self) {
+        self.purge.abort();
+    }
+}
+
+impl State {
+    /// Deletes every task whose expiry is at or before `now`; returns their
+    /// ids and the next expiry, if any task is left.
+    fn purge(&mut self, now: Instant) -> (Vec<TaskId>, Option<Instant>) {
+        let mut expired = Vec::new();
+        while let Some(&(when, id)) = self.expirations.first() {
+            if when > now {
+                break;
+            }
+            self.expirations.pop_first();
+            self.tasks.remove(&id);
+            expired.push(id);
+        }
+        if !expired.is_empty() {
+            self.shrink();
+        }
+        (expired, self.expirations.first().map(|&(when, _)| when))
+    }
+
+    /// Gives memory back after a burst: a map never shrinks by itself.
+    fn shrink(&mut self) {
+        let wanted = (self.tasks.len() * 2).max(MIN_SLOTS);
+        if self.tasks.capacity() > wanted * 2 {
+            self.tasks.shrink_to(wanted);
+        }
+    }
+}
+
+async fn purge_expired_tasks(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.wake_purge.notified();
+        tokio::pin!(notified);
+        // Register for a wake-up before looking, so an insert between the
+        // look and the sleep is not missed.
+        notified.as_mut().enable();
+        let (expired, next) = shared.state.lock().unwrap().purge(Instant::now());
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "deleted expired tasks");
+            (shared.on_expire)(&expired);
+        }
+        match next {
+            Some(when) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(when) => {}
+                    _ = &mut notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn insert(&self, task: Task) -> Result<(), StoreError> {
+        let expires = Instant::now() + self.ttl;
+        let id = task.task_id;
+        let mut state = self.shared.state.lock().unwrap();
+        if state.tasks.len() >= self.capacity {
+            return Err(StoreError::Full { capacity: self.capacity });
+        }
+        if state.tasks.contains_key(&id) {
+            return Err(StoreError::Duplicate(id));
+        }
+        // Only an entry that becomes the earliest changes when the purge
+        // must wake; with one TTL for all, that is only the first one.
+        let earliest = state.expirations.first().is_none_or(|&(when, _)| expires < when);
+        state.tasks.insert(id, Entry { task, expires });
+        state.expirations.insert((expires, id));
+        drop(state);
+        if earliest {
+            self.shared.wake_purge.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        Ok(self.shared.state.lock().unwrap().tasks.get(&id).map(|e| e.task.clone()))
+    }
+
+    async fn start(&self, id: TaskId) -> Result<bool, StoreError> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock().unwrap();
+        match state.tasks.get_mut(&id) {
+            Some(entry) if entry.task.status == TaskStatus::Pending => {
+                entry.task.status = TaskStatus::Running;
+                entry.task.touch(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn finish(&self, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock().unwrap();
+        match state.tasks.get_mut(&id) {
+            Some(entry) if !entry.task.status.is_terminal() => {
+                entry.task.apply(outcome, now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn remove(&self, id: TaskId) -> Result<bool, StoreError> {
+        let mut state = self.shared.state.lock().unwrap();
+        let Some(entry) = state.tasks.remove(&id) else { return Ok(false) };
+        state.expirations.remove(&(entry.expires, id));
+        Ok(true)
+    }
+
+    async fn len(&self) -> Result<usize, StoreError> {
+        Ok(self.shared.state.lock().unwrap().tasks.len())
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        if self.purge.is_finished() {
+            return Err(StoreError::Unavailable("the expiry task of the memory store has stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::conformance;
+
+    fn store(capacity: usize, ttl: Duration) -> (MemoryStore, Arc<Mutex<Vec<TaskId>>>) {
+        let expired = Arc::new(Mutex::new(Vec::new()));
+        let on_expire: OnExpire = {
+            let expired = expired.clone();
+            Arc::new(move |ids: &[TaskId]| expired.lock().unwrap().extend_from_slice(ids))
+        };
+        (MemoryStore::new(capacity, ttl, Clock::new(), on_expire), expired)
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_the_conformance_suite() {
+        conformance::run(|capacity, ttl| async move {
+            let store: Arc<dyn TaskStore> = Arc::new(store(capacity, ttl).0);
+            store
+        })
+        .await;
+    }
+
+    /// The seed's first regression test: 100 tasks, two hours later, gone.
+    #[tokio::test(start_paused = true)]
+    async fn expired_tasks_are_deleted_not_marked() {
+        let (table, expired) = store(10_000, HOUR);
+        let clock = Clock::new();
+        let mut ids = Vec::new();
+        for _ in 0..100 {
+            let id = clock.new_task_id();
+            table.insert(Task::pending(id, "skills".into(), clock.now(), HOUR)).await.unwrap();
+            ids.push(id);
+        }
+        assert_eq!(table.len().await.unwrap(), 100);
+
+        tokio::time::advance(2 * HOUR).await;
+        // Let the purge task run at the new time.
+        tokio::task::yield_now().await;
+
+        assert_eq!(table.len().await.unwrap(), 0, "expired tasks should be deleted");
+        assert_eq!(table.indexed(), 0);
+        for id in &ids {
+            assert_eq!(table.get(*id).await.unwrap(), None);
+        }
+        let mut told = expired.lock().unwrap().clone();
+        told.sort();
+        ids.sort();
+        assert_eq!(told, ids, "every expired task is reported so its job can be cancelled");
+    }
+
+    /// The seed's second regression test: 1,000 tasks created and completed,
+    /// then expired; the table is empty and has given its memory back.
+    #[tokio::test(start_paused = true)]
+    async fn task_table_memory_is_bounded() {
+        let (table, _) = store(10_000, HOUR);
+        let clock = Clock::new();
+        let initial_slots = table.allocated_slots();
+
+        for _ in 0..1000 {
+            let id = clock.new_task_id();
+            table.insert(Task::pending(id, "skills".into(), clock.now(), HOUR)).await.unwrap();
+            assert!(table.start(id).await.unwrap());
+            assert!(table.finish(id, TaskOutcome::Completed(vec![])).await.unwrap());
+        }
+        assert!(table.allocated_slots() >= 1000);
+
+        tokio::time::advance(HOUR + Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+
+        assert_eq!(table.len().await.unwrap(), 0);
+        assert_eq!(table.indexed(), 0);
+        let final_slots = table.allocated_slots();
+        assert!(
+            final_slots <= initial_slots.max(MIN_SLOTS * 2),
+            "the table kept {final_slots} slots after the burst expired (started with {initial_slots})"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_follows_creation_order_across_waves() {
+        let (table, _) = store(100, HOUR);
+        let clock = Clock::new();
+        let first = clock.new_task_id();
+        table.insert(Task::pending(first, "skills".into(), clock.now(), HOUR)).await.unwrap();
+        tokio::time::advance(HOUR / 2).await;
+        let second = clock.new_task_id();
+        table.insert(Task::pending(second, "skills".into(), clock.now(), HOUR)).await.unwrap();
+
+        tokio::time::advance(HOUR / 2 + Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(table.get(first).await.unwrap(), None);
+        assert!(table.get(second).await.unwrap().is_some());
+
+        tokio::time::advance(HOUR / 2).await;
+        tokio::task::yield_now().await;
+        assert_eq!(table.len().await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_store_stops_its_purge_task() {
+        let (table, _) = store(10, HOUR);
+        let shared = Arc::downgrade(&table.shared);
+        drop(table);
+        tokio::task::yield_now().await;
+        assert!(shared.upgrade().is_none(), "the purge task still holds the table");
+    }
+}

@@ -1,0 +1,184 @@
+//! The task table: every submitted job's status and result, for one time to
+//! live, then gone.
+//!
+//! [`TaskStore`] is the one trait every backend implements; [`MemoryStore`]
+//! is the embedded default. Every implementation must pass the
+//! [`conformance`] suite. A task moves `pending -> running -> completed |
+//! failed | cancelled` and is **deleted** when its time to live (counted from
+//! creation) lapses: expiry never merely marks an entry, which is the bug this
+//! project was started to fix (see the README's history section).
+
+mod clock;
+pub mod conformance;
+mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use clock::Clock;
+pub use memory::{MemoryStore, OnExpire};
+
+use crate::runtime::{FailureKind, JobFailure};
+
+pub type TaskId = Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
+    }
+}
+
+/// One scored posting, as stored and as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ranking {
+    pub posting_id: String,
+    pub score: f32,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub rankings: Vec<Ranking>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl From<JobFailure> for TaskError {
+    fn from(f: JobFailure) -> Self {
+        TaskError { kind: f.kind, message: f.message }
+    }
+}
+
+/// How a job ended, as written to its task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    Completed(Vec<Ranking>),
+    Failed(TaskError),
+    Cancelled,
+}
+
+impl TaskOutcome {
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            TaskOutcome::Completed(_) => TaskStatus::Completed,
+            TaskOutcome::Failed(_) => TaskStatus::Failed,
+            TaskOutcome::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// A task as the table holds it and the API serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub task_id: TaskId,
+    pub status: TaskStatus,
+    pub matcher: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<TaskResult>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<TaskError>,
+}
+
+impl Task {
+    /// A new pending task, created now, expiring `ttl` from now.
+    pub fn pending(task_id: TaskId, matcher: String, now: OffsetDateTime, ttl: Duration) -> Self {
+        Task {
+            task_id,
+            status: TaskStatus::Pending,
+            matcher,
+            created_at: now,
+            updated_at: now,
+            expires_at: now + ttl,
+            result: None,
+            error: None,
+        }
+    }
+
+    /// Records a change at `now`. Timestamps never run backwards, even when
+    /// the clock that stamps an update is not the one that stamped creation
+    /// (another host's, say).
+    pub fn touch(&mut self, now: OffsetDateTime) {
+        self.updated_at = now.max(self.updated_at);
+    }
+
+    fn apply(&mut self, outcome: TaskOutcome, now: OffsetDateTime) {
+        self.status = outcome.status();
+        self.touch(now);
+        match outcome {
+            TaskOutcome::Completed(rankings) => self.result = Some(TaskResult { rankings }),
+            TaskOutcome::Failed(error) => self.error = Some(error),
+            TaskOutcome::Cancelled => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The table holds as many tasks as it may; retry once some expire.
+    #[error("the task table is full ({capacity} tasks)")]
+    Full { capacity: usize },
+    #[error("task {0} already exists")]
+    Duplicate(TaskId),
+    /// The backend cannot be reached or answered with an error.
+    #[error("the task store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where tasks live. Object-safe, held as `Arc<dyn TaskStore>`.
+///
+/// Transitions are atomic and happen once: `start` moves a pending task to
+/// running, `finish` moves a pending or running task to a terminal status; a
+/// second or late call is refused (`Ok(false)`), never applied twice.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Adds a pending task; it expires `ttl()` after `task.created_at`.
+    async fn insert(&self, task: Task) -> Result<(), StoreError>;
+
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// Pending to running. `Ok(false)` if the task is gone or not pending.
+    async fn start(&self, id: TaskId) -> Result<bool, StoreError>;
+
+    /// Pending or running to `outcome`. `Ok(false)` if the task is gone or
+    /// already ended.
+    async fn finish(&self, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;
+
+    /// Deletes a task. `Ok(false)` if it was not there.
+    async fn remove(&self, id: TaskId) -> Result<bool, StoreError>;
+
+    /// Tasks held right now.
+    async fn len(&self) -> Result<usize, StoreError>;
+
+    /// Whether the backend can serve requests (for `/readyz`).
+    async fn check(&self) -> Result<(), StoreError>;
+
+    /// How long a task lives, counted from its creation.
+    fn ttl(&self) -> Duration;
+
+    /// The most tasks the store holds at once.
+    fn capacity(&self) -> usize;
+}
