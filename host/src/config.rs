@@ -67,9 +67,7 @@ impl Default for Config {
 
 impl Config {
     pub fn workers(&self) -> usize {
-        self.workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1)
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
     }
 
     pub fn sandbox(&self) -> SandboxConfig {

@@ -62,8 +62,7 @@ impl Matchbox {
                 }
             })
         };
-        let store: Arc<dyn TaskStore> =
-            Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire));
+        let store: Arc<dyn TaskStore> = Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire));
         let jobs = JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone())
             .context("starting the job workers")?;
         Ok(Arc::new(Matchbox { config, clock, sandbox, registry, store, jobs }))
@@ -119,10 +118,6 @@ impl Matchbox {
     }
 
     fn missing(&self, id: TaskId) -> LookupError {
-        if self.clock.has_expired(&id, self.store.ttl()) {
-            LookupError::Gone(id)
-        } else {
-            LookupError::NotFound(id)
-        }
+        if self.clock.has_expired(&id, self.store.ttl()) { LookupError::Gone(id) } else { LookupError::NotFound(id) }
     }
 }

@@ -38,10 +38,7 @@ pub fn inputs(candidate: &Candidate, postings: &[Posting], options: &Options) ->
         return Err(invalid("options.top_k must be at least 1".into()));
     }
     if !(0.0..=1.0).contains(&options.min_score) {
-        return Err(invalid(format!(
-            "options.min_score must be in [0, 1], got {}",
-            options.min_score
-        )));
+        return Err(invalid(format!("options.min_score must be in [0, 1], got {}", options.min_score)));
     }
     let mut seen = HashSet::with_capacity(postings.len());
     for posting in postings {
@@ -60,10 +57,7 @@ pub fn inputs(candidate: &Candidate, postings: &[Posting], options: &Options) ->
         if let (Some(min), Some(max)) = (posting.salary_min, posting.salary_max)
             && min > max
         {
-            return Err(invalid(format!(
-                "posting '{}': salary_min {min} is above salary_max {max}",
-                posting.id
-            )));
+            return Err(invalid(format!("posting '{}': salary_min {min} is above salary_max {max}", posting.id)));
         }
     }
     Ok(())

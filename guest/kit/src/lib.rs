@@ -29,11 +29,7 @@ pub trait Matcher {
 
     /// Scores `postings` against `candidate` and returns at most
     /// `options.top_k` rankings, best first, none under `options.min_score`.
-    fn rank(
-        candidate: Candidate,
-        postings: Vec<Posting>,
-        options: Options,
-    ) -> Result<Vec<Ranking>, MatchError>;
+    fn rank(candidate: Candidate, postings: Vec<Posting>, options: Options) -> Result<Vec<Ranking>, MatchError>;
 }
 
 /// Log levels of the contract's `log` import.
@@ -79,7 +75,7 @@ macro_rules! export_matcher {
                     $crate::wit::rank_via::<$ty>(candidate, postings, options)
                 }
             }
-            $crate::wit::bindings::export!(Export with_types_in $crate::wit::bindings);
+    $crate::wit::bindings::export!(Export with_types_in $crate::wit::bindings);
         };
     };
 }

@@ -38,11 +38,7 @@ pub fn rank_via<M: crate::Matcher>(
 ) -> Result<Vec<bindings::Ranking>, bindings::MatchError> {
     let candidate = model::Candidate {
         id: candidate.id,
-        skills: candidate
-            .skills
-            .into_iter()
-            .map(|s| model::Skill { name: s.name, weight: s.weight })
-            .collect(),
+        skills: candidate.skills.into_iter().map(|s| model::Skill { name: s.name, weight: s.weight }).collect(),
         years_experience: candidate.years_experience,
         location: candidate.location,
         remote_ok: candidate.remote_ok,

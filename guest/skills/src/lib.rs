@@ -149,10 +149,8 @@ impl<'a> Profile<'a> {
                 0.7
             }
             (Some(_), Some(_)) => {
-                reasons.push(format!(
-                    "location mismatch: posting in {}",
-                    posting.location.as_deref().unwrap_or_default()
-                ));
+                reasons
+                    .push(format!("location mismatch: posting in {}", posting.location.as_deref().unwrap_or_default()));
                 0.0
             }
             // One side did not say where: neither a match nor a mismatch.
@@ -219,12 +217,7 @@ mod tests {
     fn candidate() -> Candidate {
         Candidate {
             id: "ada".into(),
-            skills: vec![
-                skill("Rust", 1.0),
-                skill("k8s", 0.8),
-                skill("Postgres", 0.9),
-                skill("JS", 0.5),
-            ],
+            skills: vec![skill("Rust", 1.0), skill("k8s", 0.8), skill("Postgres", 0.9), skill("JS", 0.5)],
             years_experience: 6.0,
             location: Some("Berlin".into()),
             remote_ok: true,
@@ -309,11 +302,7 @@ mod tests {
 
     #[test]
     fn honours_top_k_and_min_score() {
-        let postings = vec![
-            posting("a", &["rust"]),
-            posting("b", &["cobol", "fortran"]),
-            posting("c", &["postgres"]),
-        ];
+        let postings = vec![posting("a", &["rust"]), posting("b", &["cobol", "fortran"]), posting("c", &["postgres"])];
         let out = Skills::rank(candidate(), postings.clone(), Options { top_k: 1, min_score: 0.0 }).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].posting_id, "a");
@@ -338,9 +327,6 @@ mod tests {
     fn rejects_nonsense_instead_of_panicking() {
         let mut c = candidate();
         c.skills.push(skill("go", f32::INFINITY));
-        assert!(matches!(
-            Skills::rank(c, vec![posting("p", &[])], options()),
-            Err(MatchError::InvalidInput(_))
-        ));
+        assert!(matches!(Skills::rank(c, vec![posting("p", &[])], options()), Err(MatchError::InvalidInput(_))));
     }
 }

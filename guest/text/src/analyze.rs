@@ -24,14 +24,7 @@ pub fn terms(text: &str) -> Vec<String> {
 /// "engineers" and "engineering" both become "engineer", "databases" becomes
 /// "database". Deliberately light: a wrong merge costs more than a miss.
 fn stem(word: &str) -> String {
-    const SUFFIXES: &[(&str, &str)] = &[
-        ("ies", "y"),
-        ("ing", ""),
-        ("ed", ""),
-        ("es", "e"),
-        ("s", ""),
-        ("ly", ""),
-    ];
+    const SUFFIXES: &[(&str, &str)] = &[("ies", "y"), ("ing", ""), ("ed", ""), ("es", "e"), ("s", ""), ("ly", "")];
     if word.ends_with("ss") {
         return word.to_string();
     }

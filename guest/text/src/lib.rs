@@ -33,8 +33,7 @@ impl Matcher for Text {
         MatcherInfo {
             name: "text".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "BM25 over posting titles and descriptions against the candidate's summary and skills."
-                .into(),
+            description: "BM25 over posting titles and descriptions against the candidate's summary and skills.".into(),
         }
     }
 
@@ -84,11 +83,7 @@ struct Corpus {
 impl Corpus {
     fn new(docs: &[Document], query: &[String]) -> Self {
         let n = docs.len() as f32;
-        let avg_len = if docs.is_empty() {
-            1.0
-        } else {
-            (docs.iter().map(|d| d.len as f32).sum::<f32>() / n).max(1.0)
-        };
+        let avg_len = if docs.is_empty() { 1.0 } else { (docs.iter().map(|d| d.len as f32).sum::<f32>() / n).max(1.0) };
         let mut idf = HashMap::with_capacity(query.len());
         for term in query {
             let df = docs.iter().filter(|d| d.tf.contains_key(term)).count() as f32;

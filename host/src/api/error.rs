@@ -93,8 +93,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Full { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "table_full", format!("{err}; retry later"))
-                    .retry_after(5)
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "table_full", format!("{err}; retry later")).retry_after(5)
             }
             StoreError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", err.to_string()),
             StoreError::Unavailable(_) => {
@@ -111,8 +110,7 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_matcher", err.to_string())
             }
             SubmitError::QueueFull(_) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{err}; retry later"))
-                    .retry_after(1)
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{err}; retry later")).retry_after(1)
             }
             SubmitError::Store(err) => err.into(),
         }

@@ -223,9 +223,7 @@ impl MatchRequest {
             if let (Some(lo), Some(hi)) = (p.salary_min, p.salary_max)
                 && lo > hi
             {
-                return Err(ApiError::invalid(format!(
-                    "postings[{i}].salary_min ({lo}) is above salary_max ({hi})"
-                )));
+                return Err(ApiError::invalid(format!("postings[{i}].salary_min ({lo}) is above salary_max ({hi})")));
             }
             checked.push(Posting {
                 id: p.id,

@@ -18,10 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::runtime::{JobLimits, JobState, MatcherInfo, MatcherPre, Sandbox};
 
 /// The built-in matchers, embedded at build time by `host/build.rs`.
-pub const BUILTINS: &[(&str, &[u8])] = &[
-    ("skills", include_bytes!(env!("MATCHBOX_GUEST_SKILLS"))),
-    ("text", include_bytes!(env!("MATCHBOX_GUEST_TEXT"))),
-];
+pub const BUILTINS: &[(&str, &[u8])] =
+    &[("skills", include_bytes!(env!("MATCHBOX_GUEST_SKILLS"))), ("text", include_bytes!(env!("MATCHBOX_GUEST_TEXT")))];
 
 /// The matcher a job gets when it names none.
 pub const DEFAULT_MATCHER: &str = "skills";

@@ -10,11 +10,7 @@ use super::limits::JobLimits;
 
 pub fn check(rankings: &[Ranking], postings: &[Posting], options: &Options, limits: &JobLimits) -> Result<(), String> {
     if rankings.len() > options.top_k as usize {
-        return Err(format!(
-            "returned {} rankings, more than top_k = {}",
-            rankings.len(),
-            options.top_k
-        ));
+        return Err(format!("returned {} rankings, more than top_k = {}", rankings.len(), options.top_k));
     }
     let submitted: HashSet<&str> = postings.iter().map(|p| p.id.as_str()).collect();
     let mut seen = HashSet::with_capacity(rankings.len());
@@ -39,7 +35,10 @@ pub fn check(rankings: &[Ranking], postings: &[Posting], options: &Options, limi
             return Err(format!("posting '{}' is ranked twice", truncate(id)));
         }
         if r.score > previous {
-            return Err(format!("rankings are not sorted best first (ranking {i} scores {} after {previous})", r.score));
+            return Err(format!(
+                "rankings are not sorted best first (ranking {i} scores {} after {previous})",
+                r.score
+            ));
         }
         previous = r.score;
         if r.reasons.len() > limits.reasons_per_ranking {

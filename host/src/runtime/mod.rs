@@ -59,12 +59,7 @@ pub struct SandboxConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig {
-            max_memory: 256 << 20,
-            instances: 16,
-            tick: Duration::from_millis(10),
-            max_wasm_stack: 1 << 20,
-        }
+        SandboxConfig { max_memory: 256 << 20, instances: 16, tick: Duration::from_millis(10), max_wasm_stack: 1 << 20 }
     }
 }
 
@@ -187,8 +182,7 @@ impl Sandbox {
         // All of WASI 0.2, so that components from any toolchain link; the
         // per-job context grants none of it (see `JobState::new`).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        Matcher::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)?;
+        Matcher::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state).map_err(anyhow::Error::from)?;
 
         let ticker = epoch::EpochTicker::start(engine.clone(), config.tick)?;
         Ok(Sandbox { engine, linker, config, live: LiveInstances::default(), ticker })
@@ -300,9 +294,7 @@ impl Sandbox {
             instance.call_info(&mut store).await
         };
         let backstop = limits.deadline + 2 * self.config.tick;
-        let result = tokio::time::timeout(backstop, call)
-            .await
-            .unwrap_or_else(|_| Err(Interrupted::Timeout.into()));
+        let result = tokio::time::timeout(backstop, call).await.unwrap_or_else(|_| Err(Interrupted::Timeout.into()));
         result.map_err(|err| classify(&err, store.data(), limits, true))
     }
 }
@@ -321,11 +313,7 @@ fn classify(err: &wasmtime::Error, state: &JobState, limits: &JobLimits, instant
     if let Some(desired) = state.memory_refused {
         return JobFailure::new(
             FailureKind::MemoryLimit,
-            format!(
-                "the guest asked for {} of linear memory; the limit is {}",
-                mib(desired),
-                mib(limits.memory)
-            ),
+            format!("the guest asked for {} of linear memory; the limit is {}", mib(desired), mib(limits.memory)),
         );
     }
     let stderr = stderr_tail(state);

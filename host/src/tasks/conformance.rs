@@ -37,12 +37,12 @@ async fn round_trip(store: Arc<dyn TaskStore>) {
     let task = pending(&*store, &clock);
     store.insert(task.clone()).await.unwrap();
     assert_eq!(store.get(task.task_id).await.unwrap(), Some(task.clone()));
-    assert_eq!(store.len().await.unwrap(), 1);
+    assert_eq!(store.count().await.unwrap(), 1);
     assert_eq!(store.insert(task.clone()).await, Err(StoreError::Duplicate(task.task_id)));
     assert!(store.remove(task.task_id).await.unwrap());
     assert_eq!(store.get(task.task_id).await.unwrap(), None);
     assert!(!store.remove(task.task_id).await.unwrap(), "a second remove finds nothing");
-    assert_eq!(store.len().await.unwrap(), 0);
+    assert_eq!(store.count().await.unwrap(), 0);
 }
 
 async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
@@ -85,7 +85,7 @@ async fn unknown_ids_are_refused(store: Arc<dyn TaskStore>) {
     assert!(!store.start(id).await.unwrap());
     assert!(!store.finish(id, TaskOutcome::Cancelled).await.unwrap());
     assert!(!store.remove(id).await.unwrap());
-    assert_eq!(store.len().await.unwrap(), 0, "nothing was created by touching an unknown id");
+    assert_eq!(store.count().await.unwrap(), 0, "nothing was created by touching an unknown id");
 }
 
 async fn capacity_is_enforced(store: Arc<dyn TaskStore>) {
@@ -126,5 +126,5 @@ async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
         assert!(tokio::time::Instant::now() < grace, "task still present 5 s after its time to live");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(store.len().await.unwrap(), 0);
+    assert_eq!(store.count().await.unwrap(), 0);
 }

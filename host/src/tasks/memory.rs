@@ -67,12 +67,8 @@ impl MemoryStore {
     /// A table of at most `capacity` tasks, each living `ttl`. Must be called
     /// inside a tokio runtime: it spawns the purge task there.
     pub fn new(capacity: usize, ttl: Duration, clock: Clock, on_expire: OnExpire) -> Self {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            wake_purge: Notify::new(),
-            clock,
-            on_expire,
-        });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State::default()), wake_purge: Notify::new(), clock, on_expire });
         let purge = tokio::spawn(purge_expired_tasks(shared.clone()));
         MemoryStore { shared, ttl, capacity, purge }
     }
@@ -207,7 +203,7 @@ impl TaskStore for MemoryStore {
         Ok(true)
     }
 
-    async fn len(&self) -> Result<usize, StoreError> {
+    async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.shared.state.lock().unwrap().tasks.len())
     }
 
@@ -263,13 +259,13 @@ mod tests {
             table.insert(Task::pending(id, "skills".into(), clock.now(), HOUR)).await.unwrap();
             ids.push(id);
         }
-        assert_eq!(table.len().await.unwrap(), 100);
+        assert_eq!(table.count().await.unwrap(), 100);
 
         tokio::time::advance(2 * HOUR).await;
         // Let the purge task run at the new time.
         tokio::task::yield_now().await;
 
-        assert_eq!(table.len().await.unwrap(), 0, "expired tasks should be deleted");
+        assert_eq!(table.count().await.unwrap(), 0, "expired tasks should be deleted");
         assert_eq!(table.indexed(), 0);
         for id in &ids {
             assert_eq!(table.get(*id).await.unwrap(), None);
@@ -299,7 +295,7 @@ mod tests {
         tokio::time::advance(HOUR + Duration::from_secs(1)).await;
         tokio::task::yield_now().await;
 
-        assert_eq!(table.len().await.unwrap(), 0);
+        assert_eq!(table.count().await.unwrap(), 0);
         assert_eq!(table.indexed(), 0);
         let final_slots = table.allocated_slots();
         assert!(
@@ -325,7 +321,7 @@ mod tests {
 
         tokio::time::advance(HOUR / 2).await;
         tokio::task::yield_now().await;
-        assert_eq!(table.len().await.unwrap(), 0);
+        assert_eq!(table.count().await.unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]

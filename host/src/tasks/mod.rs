@@ -171,7 +171,7 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn remove(&self, id: TaskId) -> Result<bool, StoreError>;
 
     /// Tasks held right now.
-    async fn len(&self) -> Result<usize, StoreError>;
+    async fn count(&self) -> Result<usize, StoreError>;
 
     /// Whether the backend can serve requests (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError>;

@@ -1,0 +1,426 @@
+//! The HTTP API through `oneshot` (no socket) and one real socket, against
+//! real matchers. Waits are on events (a task ending, the live-instance gauge
+//! reaching zero), each bounded so a bug fails the test instead of hanging it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use matchbox::{Config, Matchbox, registry};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn service(configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
+    let mut config = Config { workers: Some(2), ..Config::default() };
+    configure(&mut config);
+    let app = Matchbox::new(config).await.unwrap();
+    let bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    app.registry.insert(registry::load(&app.sandbox, "misbehave", &bytes, false).await.unwrap());
+    app
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn call(app: &Arc<Matchbox>, method: Method, uri: &str, body: Option<Value>) -> Reply {
+    let body = body.map(|b| b.to_string());
+    call_raw(matchbox::app(app.clone()), method, uri, body, "application/json").await
+}
+
+async fn call_raw(router: Router, method: Method, uri: &str, body: Option<String>, content_type: &str) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    let request = request.body(body.map(Body::from).unwrap_or_else(Body::empty)).unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    Reply { status, headers, body }
+}
+
+fn postings(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            json!({
+                "id": format!("p{i}"),
+                "title": "Rust engineer",
+                "required_skills": if i == 0 { json!(["rust", "kubernetes"]) } else { json!(["cobol"]) },
+                "remote": true
+            })
+        })
+        .collect()
+}
+
+fn job(candidate_id: &str, n: usize) -> Value {
+    json!({
+        "candidate": {
+            "id": candidate_id,
+            "skills": [{"name": "Rust", "weight": 1.0}, {"name": "k8s", "weight": 0.8}],
+            "years_experience": 5,
+            "remote_ok": true
+        },
+        "postings": postings(n)
+    })
+}
+
+fn with_matcher(mut body: Value, matcher: &str) -> Value {
+    body["matcher"] = json!(matcher);
+    body
+}
+
+fn error_code(reply: &Reply) -> &str {
+    reply.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {}", reply.body))
+}
+
+async fn wait_done(app: &Arc<Matchbox>, id: &str) -> Value {
+    bounded("the task to end", async {
+        loop {
+            let reply = call(app, Method::GET, &format!("/tasks/{id}"), None).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            let status = reply.body["status"].as_str().unwrap().to_string();
+            if ["completed", "failed", "cancelled"].contains(&status.as_str()) {
+                return reply.body;
+            }
+            if let Some(done) = app.jobs.tracker().done(id.parse().unwrap()) {
+                done.cancelled().await;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_then_poll() {
+    let app = service(|_| {}).await;
+    let reply = call(&app, Method::POST, "/jobs/match", Some(job("ada", 3))).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let id = reply.body["task_id"].as_str().unwrap().to_string();
+    assert_eq!(reply.headers[header::LOCATION], format!("/tasks/{id}"));
+    assert_eq!(reply.body["status"], "pending");
+    assert_eq!(reply.body["matcher"], "skills");
+    assert!(reply.body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    assert_eq!(uuid.get_version_num(), 7, "task ids are UUIDv7");
+
+    let task = wait_done(&app, &id).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    let rankings = task["result"]["rankings"].as_array().unwrap();
+    assert_eq!(rankings[0]["posting_id"], "p0");
+    assert!(rankings[0]["reasons"].as_array().unwrap().iter().any(|r| r == "2/2 required skills"));
+    assert!(task.get("error").is_none(), "no error on a completed task");
+    bounded("live instances to drain", app.sandbox.live().wait_for_zero()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_answers_200_with_the_result() {
+    let app = service(|_| {}).await;
+    let body = with_matcher(job("grace", 2), "text");
+    let reply = call(&app, Method::POST, "/jobs/match?wait=30s", Some(body)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["status"], "completed");
+    assert_eq!(reply.body["matcher"], "text");
+    assert!(reply.headers.contains_key(header::LOCATION));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_that_runs_out_answers_202() {
+    let app = service(|c| c.job_timeout = Duration::from_secs(3600)).await;
+    let body = with_matcher(job("loop", 1), "misbehave");
+    let reply = call(&app, Method::POST, "/jobs/match?wait=50ms", Some(body)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let id = reply.body["task_id"].as_str().unwrap();
+    assert_eq!(call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await.status, StatusCode::NO_CONTENT);
+    bounded("the cancelled guest to stop", app.sandbox.live().wait_for_zero()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_wait_is_a_400() {
+    let app = service(|_| {}).await;
+    let reply = call(&app, Method::POST, "/jobs/match?wait=soon", Some(job("ada", 1))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&reply), "invalid_wait");
+    let reply = call(&app, Method::POST, "/jobs/match?wait=2h", Some(job("ada", 1))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("cap of 1m"), "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_cancels_a_running_job_and_deletes_the_task() {
+    let app = service(|c| c.job_timeout = Duration::from_secs(3600)).await;
+    let reply = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("loop", 1), "misbehave"))).await;
+    let id = reply.body["task_id"].as_str().unwrap().to_string();
+    bounded("the guest to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    assert_eq!(call(&app, Method::GET, &format!("/tasks/{id}"), None).await.body["status"], "running");
+
+    let reply = call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    bounded("the cancelled guest to stop", app.sandbox.live().wait_for_zero()).await;
+    let reply = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "a deleted task is gone");
+    let reply = call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_guest_fails_its_own_task_only() {
+    let app = service(|_| {}).await;
+    let bad = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("score-high", 2), "misbehave"))).await;
+    let good = call(&app, Method::POST, "/jobs/match", Some(job("ada", 2))).await;
+    let bad = wait_done(&app, bad.body["task_id"].as_str().unwrap()).await;
+    let good = wait_done(&app, good.body["task_id"].as_str().unwrap()).await;
+    assert_eq!(bad["status"], "failed");
+    assert_eq!(bad["error"]["kind"], "contract_violation");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("7.5"), "{bad}");
+    assert!(bad.get("result").is_none());
+    assert_eq!(good["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_expired_and_malformed_ids() {
+    let app = service(|_| {}).await;
+    // A UUIDv7 stamped now: never issued, so unknown.
+    let fresh = app.clock.new_task_id();
+    let reply = call(&app, Method::GET, &format!("/tasks/{fresh}"), None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&reply), "task_not_found");
+    // A UUIDv7 stamped in 2024: older than the time to live, so gone.
+    let old = "01900000-0000-7000-8000-000000000000";
+    let reply = call(&app, Method::GET, &format!("/tasks/{old}"), None).await;
+    assert_eq!(reply.status, StatusCode::GONE);
+    assert_eq!(error_code(&reply), "task_expired");
+    // Not a UUID at all.
+    let reply = call(&app, Method::GET, "/tasks/not-a-task", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&reply), "invalid_task_id");
+    let reply = call(&app, Method::DELETE, "/tasks/not-a-task", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_past_the_size_cap_are_413() {
+    let app = service(|c| c.max_body = 4 << 10).await;
+    let reply = call(&app, Method::POST, "/jobs/match", Some(job("ada", 100))).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&reply), "too_large");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_bodies_are_4xx_with_the_error_shape() {
+    let app = service(|_| {}).await;
+    let router = || matchbox::app(app.clone());
+
+    let reply = call_raw(router(), Method::POST, "/jobs/match", Some("{not json".into()), "application/json").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&reply), "malformed_json");
+
+    let reply = call_raw(router(), Method::POST, "/jobs/match", Some(job("a", 1).to_string()), "text/plain").await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_code(&reply), "unsupported_media_type");
+
+    let mut wrong_type = job("ada", 1);
+    wrong_type["candidate"]["years_experience"] = json!("five");
+    let reply = call(&app, Method::POST, "/jobs/match", Some(wrong_type)).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(&reply), "invalid_body");
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("years_experience"), "{}", reply.body);
+
+    let reply = call(&app, Method::POST, "/jobs/match", Some(json!({"postings": postings(1)}))).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("candidate"), "{}", reply.body);
+
+    let reply = call(&app, Method::GET, "/no/such/route", None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&reply), "no_such_route");
+
+    let reply = call(&app, Method::PUT, "/jobs/match", None).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_code(&reply), "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_and_ranges_name_the_field() {
+    let app = service(|_| {}).await;
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (with_matcher(job("ada", 1), "nope"), StatusCode::UNPROCESSABLE_ENTITY, "no matcher named 'nope'"),
+        (
+            json!({"candidate": {"id": "a"}, "postings": postings(1), "options": {"top_k": 0}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "options.top_k must be between 1 and 1000, got 0",
+        ),
+        (
+            json!({"candidate": {"id": "a"}, "postings": postings(1), "options": {"top_k": 10000}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "options.top_k must be between 1 and 1000, got 10000",
+        ),
+        (
+            json!({"candidate": {"id": "a"}, "postings": postings(10_001)}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "postings has 10001 items; the cap is 10000",
+        ),
+        (
+            json!({"candidate": {"id": "a"}, "postings": []}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "postings must not be empty",
+        ),
+        (
+            json!({"candidate": {"id": "a", "skills": [{"name": "go", "weight": 3}]}, "postings": postings(1)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "candidate.skills[0].weight must be in [0, 1]",
+        ),
+        (
+            json!({"candidate": {"id": "a", "summary": "x".repeat(70_000)}, "postings": postings(1)}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "candidate.summary has 70000 bytes; the cap is 65536",
+        ),
+        (
+            json!({"candidate": {"id": "a"}, "postings": [{"id": "x"}, {"id": "x"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "postings[1].id 'x' appears more than once",
+        ),
+        (
+            json!({"candidate": {"id": ""}, "postings": postings(1)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "candidate.id must not be empty",
+        ),
+    ];
+    for (body, status, message) in cases {
+        let reply = call(&app, Method::POST, "/jobs/match", Some(body)).await;
+        assert_eq!(reply.status, status, "{}", reply.body);
+        let got = reply.body["error"]["message"].as_str().unwrap();
+        assert!(got.contains(message), "expected '{message}' in '{got}'");
+    }
+    assert_eq!(app.store.count().await.unwrap(), 0, "no refused request left a task behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_429_and_accepted_jobs_still_complete() {
+    let app = service(|c| {
+        c.workers = Some(1);
+        c.queue = 2;
+        c.job_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let blocker = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("loop", 1), "misbehave"))).await;
+    bounded("the blocker to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    let queued: Vec<String> = submit_many(&app, 2).await;
+
+    let refused = call(&app, Method::POST, "/jobs/match", Some(job("ada", 1))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&refused), "queue_full");
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+
+    let blocker_id = blocker.body["task_id"].as_str().unwrap();
+    call(&app, Method::DELETE, &format!("/tasks/{blocker_id}"), None).await;
+    for id in &queued {
+        assert_eq!(wait_done(&app, id).await["status"], "completed");
+    }
+}
+
+async fn submit_many(app: &Arc<Matchbox>, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let reply = call(app, Method::POST, "/jobs/match", Some(job("ada", 1))).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        ids.push(reply.body["task_id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_table_answers_429_and_loses_nothing() {
+    let app = service(|c| c.max_tasks = 2).await;
+    let ids = submit_many(&app, 2).await;
+    let refused = call(&app, Method::POST, "/jobs/match", Some(job("ada", 1))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&refused), "table_full");
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    for id in &ids {
+        assert_eq!(wait_done(&app, id).await["status"], "completed");
+    }
+    // Deleting one makes room again.
+    call(&app, Method::DELETE, &format!("/tasks/{}", ids[0]), None).await;
+    assert_eq!(call(&app, Method::POST, "/jobs/match", Some(job("ada", 1))).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_still_running_at_expiry_is_stopped_and_its_task_deleted() {
+    let app = service(|c| {
+        c.task_ttl = Duration::from_secs(1);
+        c.job_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let reply = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("loop", 1), "misbehave"))).await;
+    let id = reply.body["task_id"].as_str().unwrap().to_string();
+    bounded("the guest to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+
+    // The guest would loop for an hour; expiry stops it after a second.
+    bounded("expiry to stop the guest", app.sandbox.live().wait_for_zero()).await;
+    bounded("the job to be forgotten", async {
+        while !app.jobs.tracker().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(app.store.count().await.unwrap(), 0, "the entry is deleted, not marked");
+    let reply = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;
+    assert_eq!(reply.status, StatusCode::GONE);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn matchers_health_and_readiness() {
+    let app = service(|_| {}).await;
+    let reply = call(&app, Method::GET, "/matchers", None).await;
+    let names: Vec<&str> =
+        reply.body["matchers"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["misbehave", "skills", "text"]);
+    let skills = &reply.body["matchers"][1];
+    assert_eq!(skills["builtin"], true);
+    assert!(skills["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(call(&app, Method::GET, "/healthz", None).await.status, StatusCode::OK);
+    let ready = call(&app, Method::GET, "/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.body["status"], "ready");
+}
+
+/// The whole stack over a real socket: `run` with a listener, a real HTTP
+/// client, and a graceful shutdown.
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_over_a_real_socket() {
+    let app = service(|_| {}).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(matchbox::run(listener, app.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    let client = reqwest::Client::new();
+    let reply = client.post(format!("http://{addr}/jobs/match?wait=30s")).json(&job("ada", 5)).send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    let location = reply.headers()[header::LOCATION].to_str().unwrap().to_string();
+    let task: Value = reply.json().await.unwrap();
+    assert_eq!(task["status"], "completed");
+    assert_eq!(task["result"]["rankings"][0]["posting_id"], "p0");
+
+    let polled: Value = client.get(format!("http://{addr}{location}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(polled, task);
+
+    stop.send(()).unwrap();
+    bounded("the server to stop", server).await.unwrap().unwrap();
+}
