@@ -1,1 +1,123 @@
-//! End-to-end tests live under tests/.
+//! End-to-end test support: real `matchbox serve` processes on loopback.
+//!
+//! [`Host::start`] builds the `matchbox` binary once per test run (a no-op
+//! when it is fresh), starts it on a free port with the given flags, and
+//! waits for `/healthz`. Dropping a [`Host`] kills its process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+/// How long a host may take to answer `/healthz` after it starts.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// The `matchbox` binary of this workspace, built for the profile the tests
+/// were built with.
+pub fn binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // target/<profile>/deps/<test binary>
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("a target/<profile> directory");
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--quiet", "-p", "matchbox", "--bin", "matchbox"]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("running cargo to build matchbox");
+        assert!(status.success(), "building the matchbox binary failed");
+        profile_dir.join("matchbox")
+    })
+}
+
+/// A free loopback port, chosen by the kernel.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+pub struct Host {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Host {
+    /// Starts `matchbox serve` with `args` on a free loopback port.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Host> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let child = Command::new(binary())
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting matchbox")?;
+        let mut host = Host { addr, child };
+        host.wait_healthy().await?;
+        Ok(host)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("matchbox exited during startup: {status}");
+            }
+            if let Ok(r) = client.get(self.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("matchbox did not answer /healthz within {STARTUP:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(mut self) -> anyhow::Result<ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("matchbox did not exit within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident memory of the process in bytes, from /proc.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+        let kib: u64 = line.split_whitespace().nth(1).context("VmRSS without a value")?.parse()?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
