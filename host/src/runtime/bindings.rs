@@ -10,5 +10,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use matchbox::matcher::log::Level;
-pub use matchbox::matcher::types::Skill;
+pub use self::matchbox::matcher::log::Level;
+pub use self::matchbox::matcher::types::Skill;
