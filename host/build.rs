@@ -5,7 +5,7 @@
 //! target directory of their own (`target/guests`, so the nested build never
 //! waits on the lock of the outer one and stays warm across profiles) with the
 //! `guest` profile. `skills` and `text` are embedded in the host binary; the
-//! path of `misbehave` is handed to the tests.
+//! paths of `misbehave` and its variants are handed to the tests.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,9 @@ const GUESTS: &[(&str, &str)] = &[
     ("matchbox-skills", "matchbox_skills"),
     ("matchbox-text", "matchbox_text"),
     ("matchbox-misbehave", "matchbox_misbehave"),
+    ("matchbox-misbehave-info-trap", "matchbox_misbehave_info_trap"),
+    ("matchbox-misbehave-info-loop", "matchbox_misbehave_info_loop"),
+    ("matchbox-misbehave-info-nonsense", "matchbox_misbehave_info_nonsense"),
 ];
 
 fn main() {
@@ -64,7 +67,8 @@ fn main() {
     for (package, artifact) in GUESTS {
         let path = out_dir.join(format!("{artifact}.wasm"));
         assert!(path.exists(), "{package} did not produce {}", path.display());
-        let var = format!("MATCHBOX_GUEST_{}", package.trim_start_matches("matchbox-").to_uppercase());
+        let var =
+            format!("MATCHBOX_GUEST_{}", package.trim_start_matches("matchbox-").replace('-', "_").to_uppercase());
         println!("cargo:rustc-env={var}={}", path_str(&path));
     }
 }

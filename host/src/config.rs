@@ -3,10 +3,12 @@
 //! `matchbox serve` runs with when given nothing.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::registry::RegistryConfig;
 use crate::runtime::{JobLimits, SandboxConfig};
 
 #[derive(Debug, Clone, Parser)]
@@ -37,8 +39,9 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_JOB_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub job_timeout: Duration,
 
-    /// Linear memory one job's instance may use. E.g. `64MiB`, `1GiB`.
-    #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = "64MiB", value_parser = parse_size)]
+    /// Linear memory one job's instance may use. E.g. `64MiB`, `1GiB`. The
+    /// default leaves room for components that embed a language runtime.
+    #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
     pub max_memory: usize,
 
     /// Largest request body accepted; past it, 413.
@@ -52,6 +55,25 @@ pub struct Config {
     /// Longest `?wait=` a client may ask for.
     #[arg(long, env = "MATCHBOX_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub max_wait: Duration,
+
+    /// Where uploaded matchers are kept, to be back after a restart
+    /// [default: the user's data directory, e.g. ~/.local/share/matchbox].
+    #[arg(long, env = "MATCHBOX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Where compiled matchers are cached, so a restart does not compile them
+    /// again [default: the user's cache directory, e.g. ~/.cache/matchbox].
+    #[arg(long, env = "MATCHBOX_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// A directory of `<name>.wasm` matchers to load at start (read-only
+    /// through the API).
+    #[arg(long, env = "MATCHBOX_MATCHERS_DIR")]
+    pub matchers_dir: Option<PathBuf>,
+
+    /// Largest matcher component accepted by `PUT /matchers/{name}`.
+    #[arg(long, env = "MATCHBOX_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_component_size: usize,
 
     /// Log format: `text` for people, `json` for log pipelines. Filter with
     /// `RUST_LOG` (default `info`).
@@ -76,6 +98,17 @@ impl Config {
             // One instance per worker, and room for matchers being loaded.
             instances: (self.workers() + 4) as u32,
             ..SandboxConfig::default()
+        }
+    }
+
+    pub fn registry(&self) -> RegistryConfig {
+        let under = |base: Option<PathBuf>| base.map(|b| b.join("matchbox"));
+        RegistryConfig {
+            data_dir: self.data_dir.clone().or_else(|| under(dirs::data_dir())),
+            cache_dir: self.cache_dir.clone().or_else(|| under(dirs::cache_dir())),
+            matchers_dir: self.matchers_dir.clone(),
+            max_component_size: self.max_component_size,
+            ..RegistryConfig::default()
         }
     }
 

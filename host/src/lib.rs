@@ -53,4 +53,8 @@ pub async fn run(
 pub mod testing {
     /// The `misbehave` matcher (see `guest/misbehave`).
     pub const MISBEHAVE_WASM: &str = env!("MATCHBOX_GUEST_MISBEHAVE");
+    /// Its variants whose `info()` traps, loops, or returns an empty name.
+    pub const MISBEHAVE_INFO_TRAP_WASM: &str = env!("MATCHBOX_GUEST_MISBEHAVE_INFO_TRAP");
+    pub const MISBEHAVE_INFO_LOOP_WASM: &str = env!("MATCHBOX_GUEST_MISBEHAVE_INFO_LOOP");
+    pub const MISBEHAVE_INFO_NONSENSE_WASM: &str = env!("MATCHBOX_GUEST_MISBEHAVE_INFO_NONSENSE");
 }

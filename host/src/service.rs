@@ -9,7 +9,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::jobs::{Job, JobRunner, JobTracker};
-use crate::registry::{DEFAULT_MATCHER, MatcherRegistry};
+use crate::registry::{DEFAULT_MATCHER, MatcherRegistry, ResolveError};
 use crate::runtime::{JobInput, Sandbox};
 use crate::tasks::{Clock, MemoryStore, OnExpire, StoreError, Task, TaskId, TaskStore};
 
@@ -24,8 +24,8 @@ pub struct Matchbox {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("no matcher named '{0}'")]
-    UnknownMatcher(String),
+    #[error(transparent)]
+    UnknownMatcher(#[from] ResolveError),
     #[error("the job queue is full ({0} jobs waiting)")]
     QueueFull(usize),
     #[error(transparent)]
@@ -47,7 +47,7 @@ impl Matchbox {
     /// the built-in matchers. Must be called inside a tokio runtime.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let sandbox = Arc::new(Sandbox::new(config.sandbox()).context("creating the wasm engine")?);
-        let registry = Arc::new(MatcherRegistry::with_builtins(&sandbox).await?);
+        let registry = Arc::new(MatcherRegistry::open(sandbox.clone(), config.registry()).await?);
         let clock = Clock::new();
         let tracker = Arc::new(JobTracker::default());
         let on_expire: OnExpire = {
@@ -71,8 +71,7 @@ impl Matchbox {
     /// Accepts a job: records a pending task and queues the job. Once this
     /// returns `Ok`, the task ends in a terminal state or expires.
     pub async fn submit(&self, matcher: Option<&str>, input: JobInput) -> Result<Task, SubmitError> {
-        let name = matcher.unwrap_or(DEFAULT_MATCHER);
-        let matcher = self.registry.get(name).ok_or_else(|| SubmitError::UnknownMatcher(name.to_string()))?;
+        let matcher = self.registry.resolve(matcher.unwrap_or(DEFAULT_MATCHER))?;
         let queue = self.jobs.queue();
         let slot = queue.reserve().ok_or(SubmitError::QueueFull(queue.capacity()))?;
 

@@ -3,14 +3,14 @@
 //! reaching zero), each bounded so a bug fails the test instead of hanging it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use matchbox::{Config, Matchbox, registry};
+use matchbox::{Config, Matchbox};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -20,12 +20,24 @@ async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(BOUND, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// One data and cache directory for every test in this binary, never the
+/// user's own.
+fn scratch() -> &'static std::path::Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 async fn service(configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
-    let mut config = Config { workers: Some(2), ..Config::default() };
+    let mut config = Config {
+        workers: Some(2),
+        data_dir: Some(scratch().join("data")),
+        cache_dir: Some(scratch().join("cache")),
+        ..Config::default()
+    };
     configure(&mut config);
     let app = Matchbox::new(config).await.unwrap();
     let bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    app.registry.insert(registry::load(&app.sandbox, "misbehave", &bytes, false).await.unwrap());
+    app.registry.upload("misbehave", bytes).await.unwrap();
     app
 }
 

@@ -5,18 +5,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use matchbox::registry::{self, Matcher};
+use matchbox::registry::BUILTINS;
 use matchbox::runtime::{
-    Candidate, FailureKind, JobInput, JobLimits, JobReport, Options, Posting, Sandbox, SandboxConfig, Skill,
+    Candidate, FailureKind, JobInput, JobLimits, JobReport, JobState, MatcherInfo, MatcherPre, Options, Posting,
+    Sandbox, SandboxConfig, Skill,
 };
 use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_millis(10);
 
+struct Loaded {
+    pre: MatcherPre<JobState>,
+    info: MatcherInfo,
+}
+
+async fn load(sandbox: &Sandbox, bytes: &[u8]) -> Loaded {
+    let component = wasmtime::component::Component::new(sandbox.engine(), bytes).unwrap();
+    let pre = sandbox.prepare(&component).unwrap();
+    let info = sandbox.info(&pre, &JobLimits::default()).await.unwrap();
+    Loaded { pre, info }
+}
+
 struct Fixture {
     sandbox: Arc<Sandbox>,
-    misbehave: Matcher,
-    skills: Matcher,
+    misbehave: Loaded,
+    skills: Loaded,
 }
 
 async fn fixture() -> Fixture {
@@ -24,8 +37,8 @@ async fn fixture() -> Fixture {
         Sandbox::new(SandboxConfig { max_memory: 64 << 20, instances: 8, tick: TICK, ..Default::default() }).unwrap(),
     );
     let bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    let misbehave = registry::load(&sandbox, "misbehave", &bytes, false).await.unwrap();
-    let skills = registry::load(&sandbox, "skills", registry::BUILTINS[0].1, true).await.unwrap();
+    let misbehave = load(&sandbox, &bytes).await;
+    let skills = load(&sandbox, BUILTINS[0].1).await;
     assert_eq!(sandbox.live().get(), 0, "loading left an instance alive");
     Fixture { sandbox, misbehave, skills }
 }

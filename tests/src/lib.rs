@@ -15,14 +15,18 @@ use anyhow::{Context as _, bail};
 /// How long a host may take to answer `/healthz` after it starts.
 const STARTUP: Duration = Duration::from_secs(60);
 
-/// The `matchbox` binary of this workspace, built for the profile the tests
-/// were built with.
+/// The `matchbox` binary of this workspace, built for the profile the caller
+/// was built with.
 pub fn binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        // target/<profile>/deps/<test binary>
+        // target/<profile>/deps/<test binary>, or target/<profile>/<bin> for
+        // the benchmark binaries that start hosts too.
         let exe = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("a target/<profile> directory");
+        let mut profile_dir = exe.parent().expect("a target directory");
+        if profile_dir.file_name().is_some_and(|d| d == "deps") {
+            profile_dir = profile_dir.parent().expect("a target/<profile> directory");
+        }
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cargo.args(["build", "--quiet", "-p", "matchbox", "--bin", "matchbox"]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {

@@ -23,7 +23,11 @@
 //! | `capabilities`  | tries to read a file, an environment variable and a socket, and reports what happened as reasons |
 //! | `invalid`       | answers `invalid-input` |
 //! | `internal`      | answers `internal` |
+//! | `slow`          | computes for 300 ms, then answers correctly |
 //! | anything else   | answers correctly: every posting, score 0.5 |
+//!
+//! Built with the feature `info-trap`, `info-loop` or `info-nonsense`, its
+//! `info()` panics, loops forever, or returns an empty name.
 
 use matchbox_guest_kit::{Candidate, Level, MatchError, Matcher, MatcherInfo, Options, Posting, Ranking, log};
 
@@ -56,8 +60,17 @@ fn recurse(depth: u64, salt: u64) -> u64 {
 
 impl Matcher for Misbehave {
     fn info() -> MatcherInfo {
+        if cfg!(feature = "info-trap") {
+            panic!("misbehave: info() traps on purpose");
+        }
+        if cfg!(feature = "info-loop") {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         MatcherInfo {
-            name: "misbehave".into(),
+            name: if cfg!(feature = "info-nonsense") { String::new() } else { "misbehave".into() },
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Breaks the rules on purpose, for sandbox tests.".into(),
         }
@@ -88,6 +101,13 @@ impl Matcher for Misbehave {
                 // `salt` is never reached: the input cannot have 2^63 postings.
                 let n = recurse(0, (postings.len() as u64) | (1 << 63));
                 Ok(one(&first, (n % 2) as f32))
+            }
+            "slow" => {
+                let started = std::time::Instant::now();
+                while started.elapsed() < std::time::Duration::from_millis(300) {
+                    std::hint::black_box(started);
+                }
+                Ok(honest(&postings, &options))
             }
             "score-high" => Ok(one(&first, 7.5)),
             "score-nan" => Ok(one(&first, f32::NAN)),

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::registry::LoadError;
 use crate::service::{LookupError, SubmitError};
 use crate::tasks::StoreError;
 
@@ -124,5 +125,23 @@ impl From<LookupError> for ApiError {
             LookupError::Gone(_) => ApiError::new(StatusCode::GONE, "task_expired", err.to_string()),
             LookupError::Store(err) => err.into(),
         }
+    }
+}
+
+impl From<LoadError> for ApiError {
+    fn from(err: LoadError) -> Self {
+        let (status, code) = match &err {
+            LoadError::BadName(_) => (StatusCode::BAD_REQUEST, "invalid_matcher_name"),
+            LoadError::ReadOnly(..) => (StatusCode::CONFLICT, "read_only"),
+            LoadError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            LoadError::NotWasm => (StatusCode::UNPROCESSABLE_ENTITY, "not_wasm"),
+            LoadError::CoreModule => (StatusCode::UNPROCESSABLE_ENTITY, "core_module"),
+            LoadError::Compile(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
+            LoadError::WrongWorld(_) => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_world"),
+            LoadError::Info(_) => (StatusCode::UNPROCESSABLE_ENTITY, "info_failed"),
+            LoadError::BadInfo(_) => (StatusCode::UNPROCESSABLE_ENTITY, "info_invalid"),
+            LoadError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_failed"),
+        };
+        ApiError::new(status, code, err.to_string())
     }
 }

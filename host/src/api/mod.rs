@@ -7,6 +7,8 @@ pub mod types;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +37,13 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/match", post(submit))
         .route("/tasks/{id}", get(get_task).delete(delete_task))
         .route("/matchers", get(list_matchers))
+        .route(
+            "/matchers/{name}",
+            get(get_matcher)
+                .put(upload_matcher)
+                .delete(remove_matcher)
+                .layer(DefaultBodyLimit::max(state.config.max_component_size)),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -109,13 +118,58 @@ async fn list_matchers(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "matchers": matchers }))
 }
 
+async fn get_matcher(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<MatcherSummary>, ApiError> {
+    let matcher = app.registry.get(&name).ok_or_else(|| unknown_matcher(&name))?;
+    Ok(Json(matcher.summary()))
+}
+
+fn unknown_matcher(name: &str) -> ApiError {
+    ApiError::not_found("matcher_not_found", format!("no matcher named '{name}'"))
+}
+
+/// `PUT /matchers/{name}`: the body is the component's bytes. `201` for a new
+/// name, `200` when it replaced an upload (or was already there).
+async fn upload_matcher(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the component is larger than the cap of {} bytes (--max-component-size)",
+                app.config.max_component_size
+            ))
+        } else {
+            ApiError::bad_request("bad_body", rejection.body_text())
+        }
+    })?;
+    let (matcher, created) = app.registry.upload(&name, body.to_vec()).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let location =
+        HeaderValue::from_str(&format!("/matchers/{}", matcher.name)).expect("a checked name is a valid header");
+    Ok((status, [(header::LOCATION, location)], Json(matcher.summary())).into_response())
+}
+
+async fn remove_matcher(State(app): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    if app.registry.remove(&name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready when the task store answers; the body carries the figures an
+/// operator (or the soak test) checks first.
 async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     app.store.check().await?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+    Ok(Json(serde_json::json!({
+        "status": "ready",
+        "tasks": app.store.count().await?,
+        "jobs_in_flight": app.jobs.tracker().len(),
+        "queued": app.jobs.queue().len(),
+        "live_instances": app.sandbox.live().get(),
+    })))
 }
 
 async fn not_found() -> ApiError {
