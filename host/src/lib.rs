@@ -48,9 +48,60 @@ pub async fn run(
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }
 
-/// Paths of the guests built for tests only; never embedded.
+/// What tests and benchmarks share: paths of the guests built for tests only
+/// (never embedded) and a sample job.
 #[doc(hidden)]
 pub mod testing {
+    use crate::runtime::{Candidate, JobInput, Options, Posting, Skill};
+
+    const SKILLS: [&str; 12] = [
+        "rust",
+        "go",
+        "python",
+        "kubernetes",
+        "terraform",
+        "postgresql",
+        "react",
+        "aws",
+        "kafka",
+        "redis",
+        "java",
+        "css",
+    ];
+
+    /// A candidate and `n` postings with varied skills, titles and places.
+    pub fn sample_input(n: usize) -> JobInput {
+        let candidate = Candidate {
+            id: "bench".into(),
+            skills: SKILLS[..5].iter().map(|s| Skill { name: (*s).into(), weight: 0.8 }).collect(),
+            years_experience: 6.0,
+            location: Some("Berlin".into()),
+            remote_ok: true,
+            desired_salary: Some(90_000),
+            summary: "Backend engineer building distributed systems in Rust and Go on Kubernetes.".into(),
+        };
+        let postings = (0..n)
+            .map(|i| Posting {
+                id: format!("posting-{i}"),
+                title: format!("{} engineer", SKILLS[i % SKILLS.len()]),
+                description: format!(
+                    "Join a team that builds {} services with {} and {}; on-call rotation, code review, mentoring.",
+                    SKILLS[i % SKILLS.len()],
+                    SKILLS[(i + 3) % SKILLS.len()],
+                    SKILLS[(i + 7) % SKILLS.len()]
+                ),
+                required_skills: (0..3).map(|k| SKILLS[(i + k * 5) % SKILLS.len()].to_string()).collect(),
+                preferred_skills: vec![SKILLS[(i + 1) % SKILLS.len()].to_string()],
+                min_years: (i % 8) as f32,
+                location: Some(if i % 3 == 0 { "Berlin" } else { "Lisbon" }.into()),
+                remote: i % 2 == 0,
+                salary_min: Some(60_000),
+                salary_max: Some(70_000 + (i as u32 % 5) * 10_000),
+            })
+            .collect();
+        JobInput { candidate, postings, options: Options { top_k: 10, min_score: 0.0 } }
+    }
+
     /// The `misbehave` matcher (see `guest/misbehave`).
     pub const MISBEHAVE_WASM: &str = env!("MATCHBOX_GUEST_MISBEHAVE");
     /// Its variants whose `info()` traps, loops, or returns an empty name.
