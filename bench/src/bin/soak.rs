@@ -88,6 +88,7 @@ async fn drain(client: &reqwest::Client, host: &Host, bound: Duration) -> anyhow
         if f.tasks == 0 && f.in_flight == 0 && f.live == 0 {
             return Ok(());
         }
+        eprintln!("draining: {} tasks, {} jobs in flight, {} live", f.tasks, f.in_flight, f.live);
         if Instant::now() > deadline {
             bail!("not drained after {bound:?}: {} tasks, {} jobs in flight, {} live", f.tasks, f.in_flight, f.live);
         }
@@ -102,7 +103,7 @@ fn mib(bytes: u64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let host = Arc::new(Host::start(&["--task-ttl", &args.ttl, "--max-tasks", "1000000", "--queue", "100000"]).await?);
+    let host = Arc::new(Host::start(&["--task-ttl", &args.ttl, "--max-tasks", "1000000"]).await?);
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency as usize).build()?;
     let ttl = humantime::parse_duration(&args.ttl)?;
     let drain_bound = ttl + Duration::from_secs(120);
@@ -121,6 +122,9 @@ async fn main() -> anyhow::Result<()> {
     let submit_secs = started.elapsed().as_secs_f64();
     let peak_tasks = figures(&client, &host).await?.tasks;
     let drained = drain(&client, &host, drain_bound).await;
+    if let Err(e) = &drained {
+        eprintln!("drain: {e:#}");
+    }
     // A moment for the allocator to return freed pages before the last read.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_end = host.rss_bytes()?;
@@ -207,7 +211,13 @@ async fn sample(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let (Ok(rss), Ok(f)) = (host.rss_bytes(), figures(&client, &host).await) else { continue };
+        let (rss, f) = match (host.rss_bytes(), figures(&client, &host).await) {
+            (Ok(rss), Ok(f)) => (rss, f),
+            (rss, f) => {
+                eprintln!("sample failed: {:?} {:?}", rss.err(), f.err());
+                continue;
+            }
+        };
         out.push((started.elapsed().as_secs_f64(), rss, f.tasks, f.live));
     }
     out

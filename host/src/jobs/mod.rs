@@ -85,7 +85,11 @@ impl JobTracker {
 
     /// Forgets a job that ended, waking anyone waiting on it.
     pub fn finished(&self, id: TaskId) {
-        if let Some(t) = self.jobs.lock().unwrap().remove(&id) {
+        let mut jobs = self.jobs.lock().unwrap();
+        let tracked = jobs.remove(&id);
+        crate::tasks::give_back_spare_capacity(&mut jobs);
+        drop(jobs);
+        if let Some(t) = tracked {
             t.done.cancel();
         }
     }

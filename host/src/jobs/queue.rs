@@ -68,9 +68,15 @@ impl<T> JobQueue<T> {
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock().unwrap();
-                if let Some(item) = state.items.pop_front() {
+                let items = &mut state.items;
+                if let Some(item) = items.pop_front() {
+                    // Give back what a burst made the ring grow to.
+                    let floor = items.len().max(64);
+                    if items.capacity() > 4 * floor {
+                        items.shrink_to(2 * floor);
+                    }
                     // Pass the wake-up on if more is waiting.
-                    if !state.items.is_empty() {
+                    if !items.is_empty() {
                         self.ready.notify_one();
                     }
                     return Some(item);

@@ -31,10 +31,6 @@ use super::{Clock, StoreError, Task, TaskId, TaskOutcome, TaskStatus, TaskStore}
 /// that jobs still running for them can be cancelled.
 pub type OnExpire = Arc<dyn Fn(&[TaskId]) + Send + Sync>;
 
-/// Below this many slots the map is never shrunk: shrinking a small map
-/// saves nothing and would just make the next burst reallocate.
-const MIN_SLOTS: usize = 64;
-
 /// The in-memory [`TaskStore`]. Dropping it stops its purge task.
 pub struct MemoryStore {
     shared: Arc<Shared>,
@@ -105,17 +101,9 @@ impl State {
             expired.push(id);
         }
         if !expired.is_empty() {
-            self.shrink();
+            super::give_back_spare_capacity(&mut self.tasks);
         }
         (expired, self.expirations.first().map(|&(when, _)| when))
-    }
-
-    /// Gives memory back after a burst: a map never shrinks by itself.
-    fn shrink(&mut self) {
-        let wanted = (self.tasks.len() * 2).max(MIN_SLOTS);
-        if self.tasks.capacity() > wanted * 2 {
-            self.tasks.shrink_to(wanted);
-        }
     }
 }
 
@@ -226,7 +214,7 @@ impl TaskStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::conformance;
+    use crate::tasks::{MIN_SLOTS, conformance};
 
     fn store(capacity: usize, ttl: Duration) -> (MemoryStore, Arc<Mutex<Vec<TaskId>>>) {
         let expired = Arc::new(Mutex::new(Vec::new()));

@@ -26,6 +26,21 @@ use crate::runtime::{FailureKind, JobFailure};
 
 pub type TaskId = Uuid;
 
+/// Below this many slots a map is never shrunk: shrinking a small map saves
+/// nothing and would just make the next burst reallocate.
+pub(crate) const MIN_SLOTS: usize = 64;
+
+/// Gives a map's memory back after a burst: a `HashMap` never shrinks by
+/// itself, so one burst would otherwise pin its peak for ever. Shrinks to
+/// twice the length once the map is four times too large, so that steady
+/// traffic never shrinks and regrows it back and forth.
+pub(crate) fn give_back_spare_capacity<K: std::hash::Hash + Eq, V>(map: &mut std::collections::HashMap<K, V>) {
+    let wanted = (map.len() * 2).max(MIN_SLOTS);
+    if map.capacity() > wanted * 2 {
+        map.shrink_to(wanted);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
