@@ -1,38 +1,150 @@
-//! Per-job cost of the sandbox: a fresh instance, one `rank` call, and the
-//! Store dropped, for the built-in matchers on 10 and 1,000 postings.
+//! The sandbox's costs against baselines measured in the same run.
 //!
-//! Run with `cargo bench -p matchbox --bench job`.
+//! - `overhead`: one job of `skills` on 10 postings (a fresh instance, `rank`,
+//!   the Store dropped) against wasmtime instantiating and calling a trivial
+//!   component (one export, no arguments) on the same engine, the same way
+//!   (async, pooling allocator, epoch interruption).
+//! - `compute`: `skills` and `text` on 1,000 postings, compiled natively and
+//!   called directly (the input converted from the host's types and the
+//!   answer back, as the host would have to) against the same job in wasm.
+//! - `job`: every built-in matcher on 10 and 1,000 postings.
+//!
+//! Run with `cargo bench -p matchbox --bench job`; the figures and their
+//! ratios go into `bench/RESULTS.md`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use std::sync::Arc;
-
 use matchbox::registry::{BUILTINS, MatcherRegistry, RegistryConfig};
-use matchbox::runtime::{JobLimits, Sandbox, SandboxConfig};
+use matchbox::runtime::{JobInput, JobLimits, Ranking, Sandbox, SandboxConfig};
 use matchbox::testing::sample_input;
+use matchbox_guest_kit as kit;
+use matchbox_guest_kit::Matcher as _;
 use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, Linker};
 
-fn per_job(c: &mut Criterion) {
+/// A component with one export that does nothing: the least a component
+/// call can cost.
+const TRIVIAL: &str = r#"(component
+    (core module $m (func (export "run")))
+    (core instance $i (instantiate $m))
+    (func (export "run") (canon lift (core func $i "run"))))"#;
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    sandbox: Arc<Sandbox>,
+    registry: MatcherRegistry,
+    limits: JobLimits,
+}
+
+fn fixture() -> Fixture {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
     let registry = rt.block_on(MatcherRegistry::open(sandbox.clone(), RegistryConfig::default())).unwrap();
     let limits = JobLimits { deadline: Duration::from_secs(60), ..JobLimits::default() };
+    Fixture { rt, sandbox, registry, limits }
+}
+
+impl Fixture {
+    async fn job(&self, matcher: &str, input: &JobInput) {
+        let matcher = self.registry.get(matcher).unwrap();
+        let report = self.sandbox.rank(&matcher.pre, input, &self.limits, CancellationToken::new()).await;
+        assert!(report.outcome.is_ok());
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let f = fixture();
+    let engine = f.sandbox.engine().clone();
+    let trivial = Component::new(&engine, TRIVIAL).unwrap();
+    let pre = Linker::<()>::new(&engine).instantiate_pre(&trivial).unwrap();
+    let input = sample_input(10);
+
+    let mut group = c.benchmark_group("overhead");
+    group.bench_function("trivial-component", |b| {
+        b.to_async(&f.rt).iter(|| async {
+            let mut store = wasmtime::Store::new(&engine, ());
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_async_yield_and_update(1);
+            let instance = pre.instantiate_async(&mut store).await.unwrap();
+            let run = instance.get_typed_func::<(), ()>(&mut store, "run").unwrap();
+            run.call_async(&mut store, ()).await.unwrap();
+        })
+    });
+    group.bench_function("skills-10", |b| b.to_async(&f.rt).iter(|| f.job("skills", &input)));
+    group.finish();
+}
+
+/// The host's input, moved into the plain types a native matcher takes.
+fn to_kit(input: &JobInput) -> (kit::Candidate, Vec<kit::Posting>, kit::Options) {
+    let c = &input.candidate;
+    let candidate = kit::Candidate {
+        id: c.id.clone(),
+        skills: c.skills.iter().map(|s| kit::Skill { name: s.name.clone(), weight: s.weight }).collect(),
+        years_experience: c.years_experience,
+        location: c.location.clone(),
+        remote_ok: c.remote_ok,
+        desired_salary: c.desired_salary,
+        summary: c.summary.clone(),
+    };
+    let postings = input
+        .postings
+        .iter()
+        .map(|p| kit::Posting {
+            id: p.id.clone(),
+            title: p.title.clone(),
+            description: p.description.clone(),
+            required_skills: p.required_skills.clone(),
+            preferred_skills: p.preferred_skills.clone(),
+            min_years: p.min_years,
+            location: p.location.clone(),
+            remote: p.remote,
+            salary_min: p.salary_min,
+            salary_max: p.salary_max,
+        })
+        .collect();
+    (candidate, postings, kit::Options { top_k: input.options.top_k, min_score: input.options.min_score })
+}
+
+fn from_kit(rankings: Vec<kit::Ranking>) -> Vec<Ranking> {
+    rankings.into_iter().map(|r| Ranking { posting_id: r.posting_id, score: r.score, reasons: r.reasons }).collect()
+}
+
+fn compute(c: &mut Criterion) {
+    let f = fixture();
+    let input = sample_input(1000);
+    let mut group = c.benchmark_group("compute-1000");
+    group.bench_function("skills-native", |b| {
+        b.iter(|| {
+            let (candidate, postings, options) = to_kit(&input);
+            from_kit(matchbox_skills::Skills::rank(candidate, postings, options).unwrap())
+        })
+    });
+    group.bench_function("skills-wasm", |b| b.to_async(&f.rt).iter(|| f.job("skills", &input)));
+    group.bench_function("text-native", |b| {
+        b.iter(|| {
+            let (candidate, postings, options) = to_kit(&input);
+            from_kit(matchbox_text::Text::rank(candidate, postings, options).unwrap())
+        })
+    });
+    group.bench_function("text-wasm", |b| b.to_async(&f.rt).iter(|| f.job("text", &input)));
+    group.finish();
+}
+
+fn per_job(c: &mut Criterion) {
+    let f = fixture();
     let mut group = c.benchmark_group("job");
     for (name, _) in BUILTINS {
-        let matcher = registry.get(name).unwrap();
         for n in [10, 1000] {
             let input = sample_input(n);
             group.bench_with_input(BenchmarkId::new(*name, n), &input, |b, input| {
-                b.to_async(&rt).iter(|| async {
-                    let report = sandbox.rank(&matcher.pre, input, &limits, CancellationToken::new()).await;
-                    assert!(report.outcome.is_ok());
-                })
+                b.to_async(&f.rt).iter(|| f.job(name, input))
             });
         }
     }
     group.finish();
 }
 
-criterion_group!(benches, per_job);
+criterion_group!(benches, overhead, compute, per_job);
 criterion_main!(benches);

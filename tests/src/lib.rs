@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+pub mod load;
+
 /// How long a host may take to answer `/healthz` after it starts.
 const STARTUP: Duration = Duration::from_secs(60);
 

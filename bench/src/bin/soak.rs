@@ -12,13 +12,12 @@
 //! non-zero unless the table and the live instances drained to zero.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
 use clap::Parser;
 use matchbox_tests::Host;
-use serde_json::{Value, json};
+use matchbox_tests::load::{drain, figures, submit_all};
 
 #[derive(Parser)]
 struct Args {
@@ -37,63 +36,12 @@ struct Args {
     /// Write `seconds,rss_bytes,tasks,live_instances` samples here.
     #[arg(long)]
     samples: Option<std::path::PathBuf>,
+    /// Draw resident memory and the task count over time into this SVG file.
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
     /// Fail unless the table and live instances drain to zero.
     #[arg(long)]
     check: bool,
-}
-
-fn job(postings: usize, seq: u64) -> Value {
-    let postings: Vec<Value> = (0..postings)
-        .map(|i| {
-            json!({
-                "id": format!("p{i}"),
-                "title": "Backend engineer",
-                "description": "Build services in Rust on Kubernetes; own what you ship.",
-                "required_skills": ["rust", if i % 2 == 0 { "kubernetes" } else { "terraform" }],
-                "preferred_skills": ["postgresql"],
-                "min_years": (i % 6) as f32,
-                "remote": i % 3 != 0,
-                "salary_max": 80_000 + 5_000 * i as u32
-            })
-        })
-        .collect();
-    json!({
-        "candidate": {
-            "id": format!("candidate-{seq}"),
-            "skills": [{"name": "Rust", "weight": 1.0}, {"name": "k8s", "weight": 0.7}, {"name": "Postgres", "weight": 0.5}],
-            "years_experience": 4,
-            "remote_ok": true,
-            "desired_salary": 95_000
-        },
-        "postings": postings
-    })
-}
-
-struct Figures {
-    tasks: u64,
-    in_flight: u64,
-    live: u64,
-}
-
-async fn figures(client: &reqwest::Client, host: &Host) -> anyhow::Result<Figures> {
-    let body: Value = client.get(host.url("/readyz")).send().await?.json().await?;
-    let n = |k: &str| body[k].as_u64().with_context(|| format!("/readyz has no {k}: {body}"));
-    Ok(Figures { tasks: n("tasks")?, in_flight: n("jobs_in_flight")?, live: n("live_instances")? })
-}
-
-async fn drain(client: &reqwest::Client, host: &Host, bound: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + bound;
-    loop {
-        let f = figures(client, host).await?;
-        if f.tasks == 0 && f.in_flight == 0 && f.live == 0 {
-            return Ok(());
-        }
-        eprintln!("draining: {} tasks, {} jobs in flight, {} live", f.tasks, f.in_flight, f.live);
-        if Instant::now() > deadline {
-            bail!("not drained after {bound:?}: {} tasks, {} jobs in flight, {} live", f.tasks, f.in_flight, f.live);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -155,50 +103,71 @@ async fn main() -> anyhow::Result<()> {
         }
         std::fs::write(path, csv)?;
     }
+    if let Some(path) = &args.chart {
+        std::fs::write(path, chart(&samples, args.jobs, &args.ttl))?;
+    }
     if args.check {
         drained?;
     }
     Ok(())
 }
 
-/// Submits `jobs` jobs from `concurrency` clients; returns the 429 retries.
-async fn submit_all(
-    client: &reqwest::Client,
-    host: &Arc<Host>,
-    jobs: u64,
-    concurrency: u64,
-    postings: usize,
-) -> anyhow::Result<u64> {
-    let next = Arc::new(AtomicU64::new(0));
-    let retries = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..concurrency {
-        let (client, host, next, retries) = (client.clone(), host.clone(), next.clone(), retries.clone());
-        clients.push(tokio::spawn(async move {
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= jobs {
-                    return anyhow::Ok(());
-                }
-                let body = job(postings, seq);
-                loop {
-                    let reply = client.post(host.url("/jobs/match")).json(&body).send().await?;
-                    match reply.status().as_u16() {
-                        202 | 200 => break,
-                        429 => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        status => bail!("submit answered {status}: {}", reply.text().await?),
-                    }
-                }
-            }
-        }));
+/// An SVG line chart: resident memory (MiB, left axis) and tasks in the
+/// table (right axis) against seconds.
+fn chart(samples: &[(f64, u64, u64, u64)], jobs: u64, ttl: &str) -> String {
+    let (w, h, pad) = (900.0, 420.0, 60.0);
+    let t_max = samples.iter().map(|s| s.0).fold(1.0, f64::max);
+    let rss_max = samples.iter().map(|s| mib(s.1)).fold(1.0, f64::max) * 1.1;
+    let tasks_max = samples.iter().map(|s| s.2 as f64).fold(1.0, f64::max) * 1.1;
+    let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
+    let y = |v: f64, max: f64| h - pad - (h - 2.0 * pad) * v / max;
+    let line = |f: &dyn Fn(&(f64, u64, u64, u64)) -> (f64, f64)| {
+        samples.iter().map(|s| f(s)).map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ")
+    };
+    let rss = line(&|s| (x(s.0), y(mib(s.1), rss_max)));
+    let tasks = line(&|s| (x(s.0), y(s.2 as f64, tasks_max)));
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="24" font-size="15">matchbox soak: {jobs} jobs, task TTL {ttl}</text>
+<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
+<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="black"/>
+<line x1="{r}" y1="{pad}" x2="{r}" y2="{b}" stroke="black"/>
+<polyline points="{rss}" fill="none" stroke="#c0392b" stroke-width="2"/>
+<polyline points="{tasks}" fill="none" stroke="#2471a3" stroke-width="1.5"/>
+<text x="{pad}" y="{lt}" fill="#c0392b">resident memory (MiB)</text>
+<text x="{r}" y="{lt}" fill="#2471a3" text-anchor="end">tasks in the table</text>
+<text x="{mid}" y="{xl}" text-anchor="middle">seconds</text>
+"##,
+        b = h - pad,
+        r = w - pad,
+        lt = pad - 8.0,
+        mid = w / 2.0,
+        xl = h - 20.0,
+    );
+    for i in 0..=4 {
+        let f = i as f64 / 4.0;
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text>\n",
+            pad - 6.0,
+            y(f * rss_max, rss_max) + 4.0,
+            f * rss_max
+        ));
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{:.0}</text>\n",
+            w - pad + 6.0,
+            y(f * tasks_max, tasks_max) + 4.0,
+            f * tasks_max
+        ));
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0}</text>\n",
+            x(f * t_max),
+            h - pad + 16.0,
+            f * t_max
+        ));
     }
-    for c in clients {
-        c.await??;
-    }
-    Ok(retries.load(Ordering::Relaxed))
+    svg.push_str("</svg>\n");
+    svg
 }
 
 async fn sample(

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# HTTP figures, all in one run on this machine:
+#  1. jobs per second and latency of `POST /jobs/match?wait=10s` (skills, 10
+#     postings) against a bare axum handler parsing the same JSON;
+#  2. `GET /tasks/{id}` latency with the host idle, then with every worker
+#     busy running guests (1,000-posting jobs submitted without pause).
+# Usage: bench/http.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+if ! command -v wrk >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq wrk
+fi
+cargo build --release -q -p matchbox -p matchbox-bench
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+job() {  # job N: a match request with N postings
+    python3 - "$1" <<'PY'
+import json, sys
+n = int(sys.argv[1])
+skills = ["rust", "go", "python", "kubernetes", "terraform", "postgresql", "react", "aws"]
+print(json.dumps({
+    "candidate": {"id": "bench", "skills": [{"name": s, "weight": 0.8} for s in skills[:4]],
+                  "years_experience": 5, "remote_ok": True, "desired_salary": 90000,
+                  "summary": "Backend engineer building distributed systems in Rust and Go."},
+    "postings": [{"id": f"p{i}", "title": f"{skills[i % 8]} engineer",
+                  "description": "Build and run services; code review; on-call.",
+                  "required_skills": [skills[i % 8], skills[(i + 3) % 8]], "preferred_skills": [skills[(i + 5) % 8]],
+                  "min_years": i % 7, "remote": i % 2 == 0, "salary_max": 80000 + 1000 * (i % 30)} for i in range(n)],
+    "options": {"top_k": 10}}))
+PY
+}
+job 10 > "$tmp/small.json"
+job 1000 > "$tmp/large.json"
+
+wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" 2>/dev/null && return 0; curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
+
+target/release/matchbox serve --listen 127.0.0.1:18181 --data-dir "$tmp/data" --cache-dir "$tmp/cache" \
+    --task-ttl 30s --max-tasks 1000000 2>"$tmp/matchbox.log" &
+pids+=($!)
+target/release/bare --listen 127.0.0.1:18182 &
+pids+=($!)
+wait_up http://127.0.0.1:18181/healthz
+wait_up http://127.0.0.1:18182/jobs/match
+
+run() {  # run NAME URL BODY CONNECTIONS
+    echo "== $1"
+    BODY=$3 wrk -t2 -c"$4" -d"${SECS}s" --latency -s bench/post.lua "$2" | grep -E "Requests/sec|Non-2xx|^ +(50|90|99)%|Latency  "
+}
+echo "# POST /jobs/match, 10 postings, ${SECS}s each, 2 threads"
+for c in 8 32; do
+    run "bare axum, $c connections" "http://127.0.0.1:18182/jobs/match" "$tmp/small.json" "$c"
+    run "matchbox ?wait=10s, $c connections" "http://127.0.0.1:18181/jobs/match?wait=10s" "$tmp/small.json" "$c"
+done
+
+id=$(curl -s -X POST -H 'content-type: application/json' --data-binary @"$tmp/small.json" \
+    'http://127.0.0.1:18181/jobs/match?wait=10s' | python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
+echo "# GET /tasks/$id, ${SECS}s each"
+echo "== idle host"
+wrk -t1 -c8 -d"${SECS}s" --latency "http://127.0.0.1:18181/tasks/$id" | grep -E "Requests/sec|^ +(50|90|99)%"
+echo "== every worker running 1,000-posting jobs"
+BODY="$tmp/large.json" wrk -t1 -c16 -d"$((SECS + 4))s" -s bench/post.lua "http://127.0.0.1:18181/jobs/match" >"$tmp/load.txt" &
+load=$!
+sleep 2
+curl -s http://127.0.0.1:18181/readyz; echo
+wrk -t1 -c8 -d"${SECS}s" --latency "http://127.0.0.1:18181/tasks/$id" | grep -E "Requests/sec|^ +(50|90|99)%"
+curl -s http://127.0.0.1:18181/readyz; echo
+wait "$load" || true
