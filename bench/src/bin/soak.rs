@@ -44,6 +44,14 @@ struct Args {
     check: bool,
 }
 
+/// One reading of the host during the run.
+struct Sample {
+    seconds: f64,
+    rss: u64,
+    tasks: u64,
+    live: u64,
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -78,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_end = host.rss_bytes()?;
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.await?;
-    let rss_peak = samples.iter().map(|s| s.1).max().unwrap_or(rss_end).max(rss_end);
+    let rss_peak = samples.iter().map(|s| s.rss).max().unwrap_or(rss_end).max(rss_end);
     let end = figures(&client, &host).await?;
 
     println!("jobs submitted        {}", args.jobs);
@@ -98,8 +106,8 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(path) = &args.samples {
         let mut csv = String::from("seconds,rss_bytes,tasks,live_instances\n");
-        for (t, rss, tasks, live) in &samples {
-            csv.push_str(&format!("{t:.1},{rss},{tasks},{live}\n"));
+        for s in &samples {
+            csv.push_str(&format!("{:.1},{},{},{}\n", s.seconds, s.rss, s.tasks, s.live));
         }
         std::fs::write(path, csv)?;
     }
@@ -114,18 +122,18 @@ async fn main() -> anyhow::Result<()> {
 
 /// An SVG line chart: resident memory (MiB, left axis) and tasks in the
 /// table (right axis) against seconds.
-fn chart(samples: &[(f64, u64, u64, u64)], jobs: u64, ttl: &str) -> String {
+fn chart(samples: &[Sample], jobs: u64, ttl: &str) -> String {
     let (w, h, pad) = (900.0, 420.0, 60.0);
-    let t_max = samples.iter().map(|s| s.0).fold(1.0, f64::max);
-    let rss_max = samples.iter().map(|s| mib(s.1)).fold(1.0, f64::max) * 1.1;
-    let tasks_max = samples.iter().map(|s| s.2 as f64).fold(1.0, f64::max) * 1.1;
+    let t_max = samples.iter().map(|s| s.seconds).fold(1.0, f64::max);
+    let rss_max = samples.iter().map(|s| mib(s.rss)).fold(1.0, f64::max) * 1.1;
+    let tasks_max = samples.iter().map(|s| s.tasks as f64).fold(1.0, f64::max) * 1.1;
     let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
     let y = |v: f64, max: f64| h - pad - (h - 2.0 * pad) * v / max;
-    let line = |f: &dyn Fn(&(f64, u64, u64, u64)) -> (f64, f64)| {
-        samples.iter().map(|s| f(s)).map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ")
+    let line = |f: &dyn Fn(&Sample) -> (f64, f64)| {
+        samples.iter().map(f).map(|(a, b)| format!("{a:.1},{b:.1}")).collect::<Vec<_>>().join(" ")
     };
-    let rss = line(&|s| (x(s.0), y(mib(s.1), rss_max)));
-    let tasks = line(&|s| (x(s.0), y(s.2 as f64, tasks_max)));
+    let rss = line(&|s| (x(s.seconds), y(mib(s.rss), rss_max)));
+    let tasks = line(&|s| (x(s.seconds), y(s.tasks as f64, tasks_max)));
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
@@ -170,12 +178,7 @@ fn chart(samples: &[(f64, u64, u64, u64)], jobs: u64, ttl: &str) -> String {
     svg
 }
 
-async fn sample(
-    client: reqwest::Client,
-    host: Arc<Host>,
-    started: Instant,
-    stop: Arc<AtomicBool>,
-) -> Vec<(f64, u64, u64, u64)> {
+async fn sample(client: reqwest::Client, host: Arc<Host>, started: Instant, stop: Arc<AtomicBool>) -> Vec<Sample> {
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while !stop.load(Ordering::Relaxed) {
@@ -187,7 +190,7 @@ async fn sample(
                 continue;
             }
         };
-        out.push((started.elapsed().as_secs_f64(), rss, f.tasks, f.live));
+        out.push(Sample { seconds: started.elapsed().as_secs_f64(), rss, tasks: f.tasks, live: f.live });
     }
     out
 }
