@@ -31,9 +31,24 @@ enum Command {
     Serve(matchbox::Config),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // wasmtime builds an error value each time a Store is dropped, and an
+    // error captures a backtrace when RUST_BACKTRACE is set: a tenth of a
+    // small job's time. Library backtraces are off unless asked for by
+    // name; panics still print theirs under RUST_BACKTRACE.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet (the runtime is built below),
+        // so nothing can read the environment while it is written.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", "0")
+        };
+    }
     let Command::Serve(config) = Cli::parse().command;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+}
+
+async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
     init_tracing(&config.log_format);
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

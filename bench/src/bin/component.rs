@@ -26,6 +26,9 @@ struct Args {
     /// Postings per job.
     #[arg(long, default_value_t = 10)]
     postings: usize,
+    /// Override the sandbox's keep-resident bytes (to compare settings).
+    #[arg(long, value_parser = matchbox::config::parse_size)]
+    keep_resident: Option<usize>,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -42,7 +45,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bytes = std::fs::read(&args.component).with_context(|| format!("reading {}", args.component.display()))?;
     let config = matchbox::Config::default();
-    let sandbox = Sandbox::new(config.sandbox())?;
+    let mut sandbox_config = config.sandbox();
+    if let Some(bytes) = args.keep_resident {
+        sandbox_config.keep_resident = bytes;
+    }
+    let sandbox = Sandbox::new(sandbox_config)?;
     let engine = sandbox.engine().clone();
     let digest = matchbox::registry::digest(&bytes);
 
