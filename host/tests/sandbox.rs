@@ -264,3 +264,18 @@ async fn dropping_the_job_future_drops_the_store() {
     f.sandbox.live().wait_for_zero().await;
     f.assert_clean_and_serving().await;
 }
+
+/// The built-in matchers use a bump allocator (nothing is freed until the
+/// instance is dropped); the largest job the API accepts must still fit in
+/// the default per-job memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_largest_accepted_job_fits_the_default_memory_cap() {
+    let f = fixture().await;
+    let text = load(&f.sandbox, BUILTINS[1].1).await;
+    let input = matchbox::testing::sample_input(10_000);
+    let limits = JobLimits { deadline: Duration::from_secs(60), ..JobLimits::default() };
+    for pre in [&f.skills.pre, &text.pre] {
+        let report = f.sandbox.rank(pre, &input, &limits, CancellationToken::new()).await;
+        assert_eq!(report.outcome.map(|r| r.len()).map_err(|f| f.message), Ok(10));
+    }
+}

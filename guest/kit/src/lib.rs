@@ -10,8 +10,11 @@
 //! - [`model`]: the contract's records as plain Rust types;
 //! - [`check`]: the input checks every matcher applies before scoring;
 //! - [`select`]: best-first selection honouring `top_k` and `min_score`;
-//! - `wit` (wasm only): the generated bindings and the export glue.
+//! - `wit` (wasm only): the generated bindings and the export glue;
+//! - `arena` (wasm only): a bump allocator for one-job instances.
 
+#[cfg(target_arch = "wasm32")]
+pub mod arena;
 pub mod check;
 pub mod model;
 pub mod select;

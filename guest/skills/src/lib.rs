@@ -205,6 +205,13 @@ fn trim_float(x: f32) -> String {
 
 matchbox_guest_kit::export_matcher!(Skills);
 
+// Allocations per job are bounded by the input (a few keys per posting), and
+// the instance is discarded after the job: a bump allocator is enough, and
+// makes lowering the input (one allocation per string) cheaper.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ARENA: matchbox_guest_kit::arena::Arena = matchbox_guest_kit::arena::Arena::new();
+
 #[cfg(test)]
 mod tests {
     use super::*;

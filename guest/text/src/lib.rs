@@ -118,6 +118,12 @@ impl Corpus {
 
 matchbox_guest_kit::export_matcher!(Text);
 
+// Allocations per job are bounded by the input (the terms of each posting),
+// and the instance is discarded after the job: a bump allocator is enough.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ARENA: matchbox_guest_kit::arena::Arena = matchbox_guest_kit::arena::Arena::new();
+
 #[cfg(test)]
 mod tests {
     use super::*;
