@@ -40,7 +40,7 @@ job 1000 > "$tmp/large.json"
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" 2>/dev/null && return 0; curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 
 target/release/matchbox serve --listen 127.0.0.1:18181 --data-dir "$tmp/data" --cache-dir "$tmp/cache" \
-    --task-ttl 30s --max-tasks 1000000 2>"$tmp/matchbox.log" &
+    --task-ttl 30s --max-tasks 1000000 >"$tmp/matchbox.log" 2>&1 &
 pids+=($!)
 target/release/bare --listen 127.0.0.1:18182 &
 pids+=($!)
@@ -63,10 +63,20 @@ echo "# GET /tasks/$id, ${SECS}s each"
 echo "== idle host"
 wrk -t1 -c8 -d"${SECS}s" --latency "http://127.0.0.1:18181/tasks/$id" | grep -E "Requests/sec|^ +(50|90|99)%"
 echo "== every worker running 1,000-posting jobs"
-BODY="$tmp/large.json" wrk -t1 -c16 -d"$((SECS + 4))s" -s bench/post.lua "http://127.0.0.1:18181/jobs/match" >"$tmp/load.txt" &
+# Four clients each waiting for their job keep both workers busy (two jobs
+# running, two queued) without flooding the front end with refused bodies.
+BODY="$tmp/large.json" wrk -t1 -c4 -d"$((SECS + 4))s" -s bench/post.lua "http://127.0.0.1:18181/jobs/match?wait=30s" >"$tmp/load.txt" &
 load=$!
 sleep 2
 curl -s http://127.0.0.1:18181/readyz; echo
 wrk -t1 -c8 -d"${SECS}s" --latency "http://127.0.0.1:18181/tasks/$id" | grep -E "Requests/sec|^ +(50|90|99)%"
 curl -s http://127.0.0.1:18181/readyz; echo
 wait "$load" || true
+grep -E "Requests/sec" "$tmp/load.txt" | sed 's/^/guest load: 1,000-posting jobs /'
+echo "== flood: 16 clients posting 1,000-posting jobs without waiting (most refused with 429)"
+BODY="$tmp/large.json" wrk -t1 -c16 -d"$((SECS + 4))s" -s bench/post.lua "http://127.0.0.1:18181/jobs/match" >"$tmp/flood.txt" &
+flood=$!
+sleep 2
+wrk -t1 -c8 -d"${SECS}s" --latency "http://127.0.0.1:18181/tasks/$id" | grep -E "Requests/sec|^ +(50|90|99)%"
+wait "$flood" || true
+grep -E "Requests/sec|Non-2xx" "$tmp/flood.txt" | sed 's/^/flood: /'

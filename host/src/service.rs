@@ -84,7 +84,7 @@ impl Matchbox {
             self.jobs.tracker().finished(id);
             return Err(err.into());
         }
-        span.in_scope(|| tracing::info!(postings = input.postings.len(), "task accepted"));
+        span.in_scope(|| tracing::debug!(postings = input.postings.len(), "task accepted"));
         slot.push(Job { task_id: id, matcher, input, limits: self.config.job_limits(), cancel, span });
         Ok(task)
     }

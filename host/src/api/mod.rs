@@ -60,11 +60,17 @@ struct SubmitQuery {
 async fn submit(
     State(app): State<AppState>,
     query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
-    body: Result<ApiJson<MatchRequest>, ApiError>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let wait = query.wait.as_deref().map(|w| parse_wait(w, app.config.max_wait)).transpose()?;
-    let ApiJson(request) = body?;
+    // Refuse before reading the body when the queue has no room: under
+    // overload, parsing megabytes that are refused anyway would take the CPU
+    // that serves everyone else. `submit` still reserves the slot for real.
+    if !app.jobs.queue().has_room() {
+        return Err(crate::service::SubmitError::QueueFull(app.jobs.queue().capacity()).into());
+    }
+    let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app).await?;
     let caps = Caps { max_postings: app.config.max_postings };
     let (matcher, input) = request.into_job(&caps)?;
     let task = app.submit(matcher.as_deref(), input).await?;

@@ -50,6 +50,13 @@ impl<T> JobQueue<T> {
         self.len() == 0
     }
 
+    /// Whether a `reserve` now would succeed (a hint: another caller may
+    /// take the room first).
+    pub fn has_room(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        !state.closed && state.items.len() + state.reserved < self.capacity
+    }
+
     /// Room for one more job, or `None` if the queue is full or closed.
     pub fn reserve(&self) -> Option<Slot<'_, T>> {
         let mut state = self.state.lock().unwrap();
