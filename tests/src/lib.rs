@@ -30,9 +30,14 @@ pub fn binary() -> &'static PathBuf {
             profile_dir = profile_dir.parent().expect("a target/<profile> directory");
         }
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--quiet", "-p", "matchbox", "--bin", "matchbox"]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
-            cargo.arg("--release");
+            cargo.args(["build", "--quiet", "--release", "-p", "matchbox", "--bin", "matchbox"]);
+        } else {
+            // The same selection `cargo test --workspace` builds, so the
+            // features match and this is a no-op after it: building the
+            // binary alone would resolve features without the dev-dependencies
+            // and rebuild much of the dependency tree.
+            cargo.args(["build", "--quiet", "--workspace", "--tests"]);
         }
         let status = cargo.status().expect("running cargo to build matchbox");
         assert!(status.success(), "building the matchbox binary failed");
