@@ -275,3 +275,39 @@ async fn the_api_answers_while_a_component_compiles() {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_file_from_another_engine_is_recompiled_never_trusted() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dirs = tempfile::tempdir().unwrap();
+    let cache_dir = dirs.path().join("cache");
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+
+    // Code compiled by an engine with other settings, checksummed correctly
+    // and put under the name this engine would look for.
+    let mut other = wasmtime::Config::new();
+    other.epoch_interruption(false).consume_fuel(true);
+    let other = wasmtime::Engine::new(&other).unwrap();
+    let skills = matchbox::registry::BUILTINS[0].1;
+    let digest = matchbox::registry::digest(skills);
+    let foreign = wasmtime::component::Component::new(&other, skills).unwrap();
+    let other_cache = matchbox::registry::cache::CompiledCache::open(&dirs.path().join("other"), &other).unwrap();
+    other_cache.store(&digest, &foreign).unwrap();
+    let ours = matchbox::registry::cache::CompiledCache::open(&cache_dir, sandbox.engine()).unwrap();
+    std::fs::copy(other_cache.path(&digest), ours.path(&digest)).unwrap();
+
+    let config = RegistryConfig { cache_dir: Some(cache_dir), ..RegistryConfig::default() };
+    let registry = MatcherRegistry::open(sandbox.clone(), config).await.unwrap();
+    assert_eq!(registry.stats.cache_rejected.load(Relaxed), 1, "the foreign file was refused");
+    assert_eq!(registry.stats.compiled.load(Relaxed), 2);
+    let skills = registry.get("skills").unwrap();
+    let report = sandbox
+        .rank(
+            &skills.pre,
+            &matchbox::testing::sample_input(10),
+            &matchbox::runtime::JobLimits::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    assert!(report.outcome.is_ok());
+}
