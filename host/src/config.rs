@@ -56,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub max_wait: Duration,
 
+    /// On SIGTERM or Ctrl-C, how long jobs already accepted may run to
+    /// completion (new ones get 503) before the rest are cancelled.
+    #[arg(long, env = "MATCHBOX_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Where uploaded matchers are kept, to be back after a restart
     /// [default: the user's data directory, e.g. ~/.local/share/matchbox].
     #[arg(long, env = "MATCHBOX_DATA_DIR")]

@@ -59,8 +59,22 @@ async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
         max_tasks = config.max_tasks,
         "matchbox serving"
     );
+    let drain_timeout = config.drain_timeout;
     let state = matchbox::Matchbox::new(config).await?;
-    matchbox::run(listener, state, shutdown_signal()).await?;
+    // On a signal, drain first (new jobs get 503, reads go on so clients can
+    // collect results), then stop the HTTP server, then exit.
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(matchbox::run(listener, state.clone(), async {
+        let _ = http_stopped.await;
+    }));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        // The server only ends by itself on an error.
+        served = &mut server => return Ok(served??),
+    }
+    state.drain(drain_timeout).await;
+    let _ = stop_http.send(());
+    server.await??;
     tracing::info!("matchbox stopped");
     Ok(())
 }

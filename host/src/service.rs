@@ -2,6 +2,7 @@
 //! the matcher registry, the task store and the job runner.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +21,8 @@ pub struct Matchbox {
     pub registry: Arc<MatcherRegistry>,
     pub store: Arc<dyn TaskStore>,
     pub jobs: JobRunner,
+    /// Set when shutdown begins: submissions are refused from then on.
+    draining: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,8 @@ pub enum SubmitError {
     UnknownMatcher(#[from] ResolveError),
     #[error("the job queue is full ({0} jobs waiting)")]
     QueueFull(usize),
+    #[error("this host is shutting down and takes no new jobs")]
+    ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -65,12 +70,15 @@ impl Matchbox {
         let store: Arc<dyn TaskStore> = Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire));
         let jobs = JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone())
             .context("starting the job workers")?;
-        Ok(Arc::new(Matchbox { config, clock, sandbox, registry, store, jobs }))
+        Ok(Arc::new(Matchbox { config, clock, sandbox, registry, store, jobs, draining: AtomicBool::new(false) }))
     }
 
     /// Accepts a job: records a pending task and queues the job. Once this
     /// returns `Ok`, the task ends in a terminal state or expires.
     pub async fn submit(&self, matcher: Option<&str>, input: JobInput) -> Result<Task, SubmitError> {
+        if self.is_draining() {
+            return Err(SubmitError::ShuttingDown);
+        }
         let matcher = self.registry.resolve(matcher.unwrap_or(DEFAULT_MATCHER))?;
         let queue = self.jobs.queue();
         let slot = queue.reserve().ok_or(SubmitError::QueueFull(queue.capacity()))?;
@@ -114,6 +122,32 @@ impl Matchbox {
             let _ = tokio::time::timeout(timeout, done.cancelled()).await;
         }
         self.task(id).await
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Shuts down gracefully: refuses new jobs from now on, lets the jobs
+    /// already accepted (queued or running) finish for up to `timeout`, then
+    /// cancels whatever is left. Reads keep being served meanwhile, so clients
+    /// can collect results; stop the HTTP server after this returns.
+    pub async fn drain(&self, timeout: Duration) {
+        self.draining.store(true, Ordering::Release);
+        let in_flight = self.jobs.tracker().len();
+        tracing::info!(in_flight, timeout = %humantime::format_duration(timeout), "draining: no new jobs");
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.jobs.tracker().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.jobs.tracker().len();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout reached; cancelling the jobs still in flight");
+            self.jobs.tracker().cancel_all();
+            // Cancelled guests stop within an epoch tick; give them a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.sandbox.live().wait_for_zero()).await;
+        }
+        tracing::info!("drained");
     }
 
     fn missing(&self, id: TaskId) -> LookupError {

@@ -113,6 +113,9 @@ impl From<SubmitError> for ApiError {
             SubmitError::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{err}; retry later")).retry_after(1)
             }
+            SubmitError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string()).retry_after(5)
+            }
             SubmitError::Store(err) => err.into(),
         }
     }

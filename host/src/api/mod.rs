@@ -67,6 +67,9 @@ async fn submit(
     // Refuse before reading the body when the queue has no room: under
     // overload, parsing megabytes that are refused anyway would take the CPU
     // that serves everyone else. `submit` still reserves the slot for real.
+    if app.is_draining() {
+        return Err(crate::service::SubmitError::ShuttingDown.into());
+    }
     if !app.jobs.queue().has_room() {
         return Err(crate::service::SubmitError::QueueFull(app.jobs.queue().capacity()).into());
     }
@@ -168,6 +171,9 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the task store answers; the body carries the figures an
 /// operator (or the soak test) checks first.
 async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if app.is_draining() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "this host is draining"));
+    }
     app.store.check().await?;
     Ok(Json(serde_json::json!({
         "status": "ready",
