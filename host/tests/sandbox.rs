@@ -30,9 +30,16 @@ struct Fixture {
     sandbox: Arc<Sandbox>,
     misbehave: Loaded,
     skills: Loaded,
+    /// Held for the whole test: these tests count epoch ticks, and guests
+    /// of other tests spinning on the same two cores would delay the ticker
+    /// and the runtime they measure.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn fixture() -> Fixture {
+    let serial = SERIAL.lock().await;
     let sandbox = Arc::new(
         Sandbox::new(SandboxConfig { max_memory: 64 << 20, instances: 8, tick: TICK, ..Default::default() }).unwrap(),
     );
@@ -40,7 +47,7 @@ async fn fixture() -> Fixture {
     let misbehave = load(&sandbox, &bytes).await;
     let skills = load(&sandbox, BUILTINS[0].1).await;
     assert_eq!(sandbox.live().get(), 0, "loading left an instance alive");
-    Fixture { sandbox, misbehave, skills }
+    Fixture { sandbox, misbehave, skills, _serial: serial }
 }
 
 fn limits() -> JobLimits {

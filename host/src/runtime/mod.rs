@@ -153,7 +153,8 @@ pub struct JobReport {
     pub instantiate: Option<Duration>,
     /// Time from Store creation to the answer.
     pub elapsed: Duration,
-    /// Epoch ticks from the start of the call to its end.
+    /// Epoch ticks from the start of the job to its end, or to the tick at
+    /// which the epoch callback stopped it.
     pub ticks: u64,
 }
 
@@ -242,15 +243,18 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |ctx| {
-            let state = ctx.data();
-            if state.cancel.is_cancelled() {
-                return Err(Interrupted::Cancelled.into());
-            }
-            if ticks.now().saturating_sub(state.started_tick) >= state.deadline_ticks {
-                return Err(Interrupted::Timeout.into());
-            }
-            Ok(UpdateDeadline::Yield(1))
+        store.epoch_deadline_callback(move |mut ctx| {
+            let now = ticks.now();
+            let state = ctx.data_mut();
+            let stop = if state.cancel.is_cancelled() {
+                Interrupted::Cancelled
+            } else if now.saturating_sub(state.started_tick) >= state.deadline_ticks {
+                Interrupted::Timeout
+            } else {
+                return Ok(UpdateDeadline::Yield(1));
+            };
+            state.interrupted_tick = Some(now);
+            Err(stop.into())
         });
         store
     }
@@ -302,7 +306,7 @@ impl Sandbox {
             stderr,
             instantiate,
             elapsed: started.elapsed(),
-            ticks: self.ticks().now().saturating_sub(start_tick),
+            ticks: state.interrupted_tick.unwrap_or_else(|| self.ticks().now()).saturating_sub(start_tick),
         };
         drop(store);
         report

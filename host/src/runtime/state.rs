@@ -46,6 +46,8 @@ pub struct JobState {
     /// Epoch tick at which the job started; the deadline is counted from it.
     pub(super) started_tick: u64,
     pub(super) deadline_ticks: u64,
+    /// The tick at which the epoch callback stopped the guest, if it did.
+    pub(super) interrupted_tick: Option<u64>,
     /// Keeps the live-instance gauge up for exactly as long as the Store lives.
     _live: LiveGuard,
 }
@@ -77,6 +79,7 @@ impl JobState {
             cancel,
             started_tick: 0,
             deadline_ticks: 0,
+            interrupted_tick: None,
             _live: live,
         }
     }
