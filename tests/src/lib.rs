@@ -53,21 +53,29 @@ pub fn free_port() -> u16 {
 pub struct Host {
     pub addr: SocketAddr,
     child: Child,
+    /// The host's data and cache directories: its own, never the user's.
+    _dirs: tempfile::TempDir,
 }
 
 impl Host {
-    /// Starts `matchbox serve` with `args` on a free loopback port.
+    /// Starts `matchbox serve` with `args` on a free loopback port, with data
+    /// and cache directories of its own.
     pub async fn start(args: &[&str]) -> anyhow::Result<Host> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let dirs = tempfile::tempdir()?;
         let child = Command::new(binary())
             .arg("serve")
             .args(["--listen", &addr.to_string()])
+            .arg("--data-dir")
+            .arg(dirs.path().join("data"))
+            .arg("--cache-dir")
+            .arg(dirs.path().join("cache"))
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .spawn()
             .context("starting matchbox")?;
-        let mut host = Host { addr, child };
+        let mut host = Host { addr, child, _dirs: dirs };
         host.wait_healthy().await?;
         Ok(host)
     }
