@@ -61,6 +61,11 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Table size past which a warning is logged and
+    /// `matchbox_tasks_above_high_water` reads 1.
+    #[arg(long, env = "MATCHBOX_TASKS_HIGH_WATER", default_value_t = 10_000)]
+    pub tasks_high_water: u64,
+
     /// Where uploaded matchers are kept, to be back after a restart
     /// [default: the user's data directory, e.g. ~/.local/share/matchbox].
     #[arg(long, env = "MATCHBOX_DATA_DIR")]

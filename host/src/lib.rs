@@ -16,13 +16,15 @@
 //!   expiry index, and the conformance suite every store passes;
 //! - [`jobs`]: the bounded queue, the workers and the jobs in flight;
 //! - [`runtime`]: the wasmtime sandbox, one fresh Store per job;
-//! - [`registry`]: the matchers this host can run.
+//! - [`registry`]: the matchers this host can run;
+//! - [`metrics`]: what `GET /metrics` reports.
 //!
 //! [`app`] and [`run`] are what `main.rs` and the tests call.
 
 pub mod api;
 pub mod config;
 pub mod jobs;
+pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod service;

@@ -10,6 +10,7 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::jobs::{Job, JobRunner, JobTracker};
+use crate::metrics::Metrics;
 use crate::registry::{DEFAULT_MATCHER, MatcherRegistry, ResolveError};
 use crate::runtime::{JobInput, Sandbox};
 use crate::tasks::{Clock, MemoryStore, OnExpire, StoreError, Task, TaskId, TaskStore};
@@ -21,6 +22,7 @@ pub struct Matchbox {
     pub registry: Arc<MatcherRegistry>,
     pub store: Arc<dyn TaskStore>,
     pub jobs: JobRunner,
+    pub metrics: Arc<Metrics>,
     /// Set when shutdown begins: submissions are refused from then on.
     draining: AtomicBool,
 }
@@ -55,9 +57,12 @@ impl Matchbox {
         let registry = Arc::new(MatcherRegistry::open(sandbox.clone(), config.registry()).await?);
         let clock = Clock::new();
         let tracker = Arc::new(JobTracker::default());
+        let metrics = Arc::new(Metrics::new(config.tasks_high_water));
         let on_expire: OnExpire = {
             let tracker = tracker.clone();
+            let metrics = metrics.clone();
             Arc::new(move |ids: &[TaskId]| {
+                metrics.tasks_expired.inc_by(ids.len() as u64);
                 for id in ids {
                     // A job still queued or running for an expired task stops
                     // now; its Store is dropped within one epoch tick.
@@ -68,9 +73,19 @@ impl Matchbox {
             })
         };
         let store: Arc<dyn TaskStore> = Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire));
-        let jobs = JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone())
-            .context("starting the job workers")?;
-        Ok(Arc::new(Matchbox { config, clock, sandbox, registry, store, jobs, draining: AtomicBool::new(false) }))
+        let jobs =
+            JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone(), metrics.clone())
+                .context("starting the job workers")?;
+        Ok(Arc::new(Matchbox {
+            config,
+            clock,
+            sandbox,
+            registry,
+            store,
+            jobs,
+            metrics,
+            draining: AtomicBool::new(false),
+        }))
     }
 
     /// Accepts a job: records a pending task and queues the job. Once this
@@ -93,6 +108,9 @@ impl Matchbox {
             return Err(err.into());
         }
         span.in_scope(|| tracing::debug!(postings = input.postings.len(), "task accepted"));
+        if let Ok(tasks) = self.store.count().await {
+            self.metrics.observe_table(tasks as u64);
+        }
         slot.push(Job { task_id: id, matcher, input, limits: self.config.job_limits(), cancel, span });
         Ok(task)
     }

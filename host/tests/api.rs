@@ -390,6 +390,7 @@ async fn a_job_still_running_at_expiry_is_stopped_and_its_task_deleted() {
     })
     .await;
     assert_eq!(app.store.count().await.unwrap(), 0, "the entry is deleted, not marked");
+    assert_eq!(app.metrics.tasks_expired.get(), 1);
     let reply = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;
     assert_eq!(reply.status, StatusCode::GONE);
 }
@@ -435,4 +436,37 @@ async fn serves_over_a_real_socket() {
 
     stop.send(()).unwrap();
     bounded("the server to stop", server).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_report_jobs_tasks_instances_and_the_high_water_mark() {
+    let app = service(|c| c.tasks_high_water = 2).await;
+    for mode in ["ada", "grace", "score-high"] {
+        let reply =
+            call(&app, Method::POST, "/jobs/match?wait=30s", Some(with_matcher(job(mode, 2), "misbehave"))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let response = matchbox::app(app.clone())
+        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for line in [
+        r#"matchbox_jobs_total{matcher="misbehave",outcome="completed"} 2"#,
+        r#"matchbox_jobs_total{matcher="misbehave",outcome="contract_violation"} 1"#,
+        "matchbox_tasks 3",
+        "matchbox_live_instances 0",
+        "matchbox_jobs_in_flight 0",
+        "matchbox_queue_depth 0",
+        "matchbox_tasks_high_water 2",
+        "matchbox_tasks_above_high_water 1",
+        r#"matchbox_job_duration_seconds_count{matcher="misbehave"} 3"#,
+        "matchbox_instantiate_duration_seconds_count 3",
+        "matchbox_tasks_expired_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line '{line}' in:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ") && !l.ends_with(" 0")));
 }

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(state.config.max_component_size)),
         )
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -162,6 +163,18 @@ async fn upload_matcher(
 
 async fn remove_matcher(State(app): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     if app.registry.remove(&name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
+}
+
+/// Prometheus metrics (OpenMetrics text).
+async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let present = crate::metrics::Present {
+        tasks: app.store.count().await? as u64,
+        jobs_in_flight: app.jobs.tracker().len() as u64,
+        queued: app.jobs.queue().len() as u64,
+        live_instances: app.sandbox.live().get() as u64,
+    };
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], app.metrics.render(present)).into_response())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

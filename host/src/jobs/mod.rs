@@ -22,6 +22,7 @@ use tracing::Instrument as _;
 
 pub use queue::{JobQueue, Slot};
 
+use crate::metrics::Metrics;
 use crate::registry::Matcher;
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
 use crate::tasks::{Ranking, TaskId, TaskOutcome, TaskStore};
@@ -121,6 +122,7 @@ impl JobRunner {
         tracker: Arc<JobTracker>,
         store: Arc<dyn TaskStore>,
         sandbox: Arc<Sandbox>,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
@@ -130,13 +132,14 @@ impl JobRunner {
         let queue = Arc::new(JobQueue::new(queue_capacity));
         let workers = (0..workers.max(1))
             .map(|_| {
-                tokio::spawn(work(
-                    queue.clone(),
-                    tracker.clone(),
-                    store.clone(),
-                    sandbox.clone(),
-                    guests.handle().clone(),
-                ))
+                tokio::spawn(work(Worker {
+                    queue: queue.clone(),
+                    tracker: tracker.clone(),
+                    store: store.clone(),
+                    sandbox: sandbox.clone(),
+                    metrics: metrics.clone(),
+                    guests: guests.handle().clone(),
+                }))
             })
             .collect();
         Ok(JobRunner { queue, tracker, workers, guests: Some(guests) })
@@ -166,22 +169,27 @@ impl Drop for JobRunner {
     }
 }
 
-async fn work(
+/// What a worker needs.
+struct Worker {
     queue: Arc<JobQueue<Job>>,
     tracker: Arc<JobTracker>,
     store: Arc<dyn TaskStore>,
     sandbox: Arc<Sandbox>,
+    metrics: Arc<Metrics>,
     guests: tokio::runtime::Handle,
-) {
-    while let Some(job) = queue.pop().await {
+}
+
+async fn work(w: Worker) {
+    while let Some(job) = w.queue.pop().await {
         let id = job.task_id;
         let span = job.span.clone();
-        run_one(job, &*store, &sandbox, &guests).instrument(span).await;
-        tracker.finished(id);
+        run_one(job, &w).instrument(span).await;
+        w.tracker.finished(id);
     }
 }
 
-async fn run_one(job: Job, store: &dyn TaskStore, sandbox: &Arc<Sandbox>, guests: &tokio::runtime::Handle) {
+async fn run_one(job: Job, w: &Worker) {
+    let (store, sandbox, guests) = (&*w.store, &w.sandbox, &w.guests);
     let id = job.task_id;
     if job.cancel.is_cancelled() {
         // Deleted or expired while it waited: its entry is already gone.
@@ -196,10 +204,16 @@ async fn run_one(job: Job, store: &dyn TaskStore, sandbox: &Arc<Sandbox>, guests
         }
     }
     let Job { matcher, input, limits, cancel, span, .. } = job;
+    let matcher_name = matcher.name.clone();
     let sandbox = sandbox.clone();
     let run = async move { sandbox.rank(&matcher.pre, &input, &limits, cancel).await }.instrument(span);
     let outcome = match guests.spawn(run).await {
         Ok(report) => {
+            let outcome = match &report.outcome {
+                Ok(_) => "completed",
+                Err(failure) => failure.kind.as_str(),
+            };
+            w.metrics.job_ended(&matcher_name, outcome, report.elapsed, report.instantiate);
             tracing::debug!(
                 elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
                 instantiate_us = report.instantiate.map(|d| d.as_micros() as u64),

@@ -1,0 +1,162 @@
+//! Prometheus metrics, served at `GET /metrics` in the text format.
+//!
+//! Counters and histograms are updated where things happen (a job ends, the
+//! purge deletes expired tasks); gauges that describe the present (tasks held,
+//! jobs in flight, live instances, resident memory) are read at scrape time,
+//! so they are never stale and cost nothing between scrapes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub matcher: String,
+    /// `completed`, `cancelled`, or the failure kind (`timeout`, `trap`, ...).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MatcherLabels {
+    pub matcher: String,
+}
+
+/// What `/metrics` reads at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Present {
+    pub tasks: u64,
+    pub jobs_in_flight: u64,
+    pub queued: u64,
+    pub live_instances: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub jobs: Family<JobLabels, Counter>,
+    pub job_seconds: Family<MatcherLabels, Histogram>,
+    pub instantiate_seconds: Histogram,
+    pub tasks_expired: Counter,
+    tasks: Gauge,
+    jobs_in_flight: Gauge,
+    queued: Gauge,
+    live_instances: Gauge,
+    resident_memory: Gauge,
+    above_high_water: Gauge,
+    high_water_mark: u64,
+    above: AtomicBool,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// `high_water_mark`: the table size past which a warning is logged and
+    /// `matchbox_tasks_above_high_water` reads 1.
+    pub fn new(high_water_mark: u64) -> Self {
+        let mut registry = Registry::default();
+        let jobs = Family::<JobLabels, Counter>::default();
+        let job_seconds = Family::<MatcherLabels, Histogram>::new_with_constructor(|| {
+            // 50 µs to about 52 s.
+            Histogram::new(exponential_buckets(50e-6, 4.0, 11))
+        });
+        let instantiate_seconds = Histogram::new(exponential_buckets(5e-6, 4.0, 10));
+        let tasks_expired = Counter::default();
+        let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water] =
+            std::array::from_fn(|_| Gauge::default());
+        let r = &mut registry;
+        r.register("matchbox_jobs", "Jobs that ended, by matcher and outcome", jobs.clone());
+        r.register("matchbox_job_duration_seconds", "Time from Store creation to the answer", job_seconds.clone());
+        r.register(
+            "matchbox_instantiate_duration_seconds",
+            "Time to instantiate a matcher for a job",
+            instantiate_seconds.clone(),
+        );
+        r.register("matchbox_tasks_expired", "Tasks deleted because their time to live lapsed", tasks_expired.clone());
+        r.register("matchbox_tasks", "Tasks in the task table", tasks.clone());
+        r.register("matchbox_jobs_in_flight", "Jobs queued or running", jobs_in_flight.clone());
+        r.register("matchbox_queue_depth", "Jobs waiting for a worker", queued.clone());
+        r.register("matchbox_live_instances", "Matcher instances alive right now", live_instances.clone());
+        r.register("process_resident_memory_bytes", "Resident memory of this process", resident_memory.clone());
+        r.register("matchbox_tasks_high_water", "The table size that raises a warning", high_water.clone());
+        r.register(
+            "matchbox_tasks_above_high_water",
+            "1 while the table holds more tasks than its high-water mark",
+            above_high_water.clone(),
+        );
+        high_water.set(high_water_mark as i64);
+        Metrics {
+            registry,
+            jobs,
+            job_seconds,
+            instantiate_seconds,
+            tasks_expired,
+            tasks,
+            jobs_in_flight,
+            queued,
+            live_instances,
+            resident_memory,
+            above_high_water,
+            high_water_mark,
+            above: AtomicBool::new(false),
+        }
+    }
+
+    /// Records a job's end.
+    pub fn job_ended(&self, matcher: &str, outcome: &str, elapsed: Duration, instantiate: Option<Duration>) {
+        self.jobs.get_or_create(&JobLabels { matcher: matcher.to_string(), outcome: outcome.to_string() }).inc();
+        self.job_seconds.get_or_create(&MatcherLabels { matcher: matcher.to_string() }).observe(elapsed.as_secs_f64());
+        if let Some(d) = instantiate {
+            self.instantiate_seconds.observe(d.as_secs_f64());
+        }
+    }
+
+    /// Compares the table's size with the high-water mark, logging once each
+    /// time it is crossed upwards (the seed asked for an alert before the OOM).
+    pub fn observe_table(&self, tasks: u64) {
+        let above = tasks > self.high_water_mark;
+        if above != self.above.swap(above, Ordering::AcqRel) {
+            if above {
+                tracing::warn!(tasks, high_water = self.high_water_mark, "the task table crossed its high-water mark");
+            } else {
+                tracing::info!(
+                    tasks,
+                    high_water = self.high_water_mark,
+                    "the task table is back under its high-water mark"
+                );
+            }
+        }
+        self.above_high_water.set(above as i64);
+    }
+
+    /// The text exposition, with the present read in.
+    pub fn render(&self, present: Present) -> String {
+        self.tasks.set(present.tasks as i64);
+        self.observe_table(present.tasks);
+        self.jobs_in_flight.set(present.jobs_in_flight as i64);
+        self.queued.set(present.queued as i64);
+        self.live_instances.set(present.live_instances as i64);
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory.set(rss as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// This process's resident set, from `/proc/self/status` (Linux only).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
