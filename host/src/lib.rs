@@ -9,6 +9,7 @@
 //! How the crate is laid out:
 //!
 //! - [`config`]: `matchbox serve` flags, environment variables and defaults;
+//! - [`cli`]: the client commands (`matchbox submit`, `task`, `matchers`);
 //! - [`api`]: the HTTP routes, request checks and the one error type;
 //! - [`service`]: [`Matchbox`], the service the API calls, put together from
 //!   the parts below;
@@ -22,6 +23,7 @@
 //! [`app`] and [`run`] are what `main.rs` and the tests call.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod jobs;
 pub mod metrics;

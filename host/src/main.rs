@@ -2,6 +2,7 @@
 //! library.
 
 use clap::{Parser, Subcommand};
+use matchbox::cli::{self, Connection, MatchersCommand, SubmitArgs};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of the system allocator: a host that runs a million small
@@ -29,6 +30,27 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(matchbox::Config),
+    /// Submit a matching job to a server.
+    Submit {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: SubmitArgs,
+    },
+    /// Show a task: its status and, once it has ended, its result.
+    Task {
+        #[command(flatten)]
+        conn: Connection,
+        /// The task id.
+        id: String,
+    },
+    /// List, upload or remove matchers on a server.
+    Matchers {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: MatchersCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,8 +66,26 @@ fn main() -> anyhow::Result<()> {
             std::env::set_var("RUST_LIB_BACKTRACE", "0")
         };
     }
-    let Command::Serve(config) = Cli::parse().command;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+    let command = match Cli::parse().command {
+        Command::Serve(config) => {
+            return tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config));
+        }
+        other => other,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        match command {
+            Command::Submit { conn, args } => cli::submit(conn, args).await,
+            Command::Task { conn, id } => cli::task(conn, id).await,
+            Command::Matchers { conn, command } => cli::matchers(conn, command).await,
+            Command::Serve(_) => unreachable!("handled above"),
+        }
+    });
+    if let Err(failure) = result {
+        eprintln!("matchbox: {}", failure.message);
+        std::process::exit(failure.code.into());
+    }
+    Ok(())
 }
 
 async fn serve(config: matchbox::Config) -> anyhow::Result<()> {

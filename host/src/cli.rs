@@ -1,0 +1,244 @@
+//! The `matchbox` client commands: submit a job, read a task, manage
+//! matchers, against a running host.
+//!
+//! Exit codes, for scripts: 0 success; 1 the task ran and failed (or was
+//! cancelled); 2 the request was refused (a 4xx: bad input, unknown task or
+//! matcher); 3 the server could not be reached or answered 5xx. Errors from
+//! the server are shown as the server's own message.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the server is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The matchbox server.
+    #[arg(long, env = "MATCHBOX_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// API key, sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "MATCHBOX_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A JSON file holding the candidate.
+    #[arg(long)]
+    pub candidate: PathBuf,
+    /// A JSON file holding an array of postings.
+    #[arg(long)]
+    pub postings: PathBuf,
+    /// The matcher (`name` or `name@sha256:...`); the server's default if absent.
+    #[arg(long)]
+    pub matcher: Option<String>,
+    /// How many rankings to return.
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Wait for the result and print it.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MatchersCommand {
+    /// List the matchers the server runs.
+    List,
+    /// Upload a component as matcher NAME.
+    Add { name: String, file: PathBuf },
+    /// Remove the uploaded matcher NAME.
+    Rm { name: String },
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn failure(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+struct Client {
+    http: reqwest::Client,
+    conn: Connection,
+}
+
+impl Client {
+    fn new(conn: Connection) -> Self {
+        Client { http: reqwest::Client::new(), conn }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.conn.server.trim_end_matches('/'))
+    }
+
+    /// Sends a request; a 4xx or 5xx becomes a failure carrying the server's
+    /// message.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let request = match &self.conn.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        let response =
+            request.send().await.map_err(|e| failure(3, format!("cannot reach {}: {e}", self.conn.server)))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| failure(3, format!("reading the answer: {e}")))?;
+        let body: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| status.to_string());
+        Err(failure(if status.is_client_error() { 2 } else { 3 }, message))
+    }
+}
+
+fn read_json(path: &PathBuf) -> Result<Value, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| failure(2, format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| failure(2, format!("{}: {e}", path.display())))
+}
+
+pub async fn submit(conn: Connection, args: SubmitArgs) -> Result<(), Failure> {
+    let json_out = conn.json;
+    let client = Client::new(conn);
+    let mut body = json!({ "candidate": read_json(&args.candidate)?, "postings": read_json(&args.postings)? });
+    if let Some(m) = &args.matcher {
+        body["matcher"] = json!(m);
+    }
+    if let Some(k) = args.top_k {
+        body["options"] = json!({ "top_k": k });
+    }
+    let accepted = client.send(client.http.post(client.url("/jobs/match")).json(&body)).await?;
+    let id = accepted["task_id"].as_str().unwrap_or_default().to_string();
+    if !args.wait {
+        if json_out {
+            println!("{accepted}");
+        } else {
+            println!("{id}");
+        }
+        return Ok(());
+    }
+    let task = wait_for(&client, &id).await?;
+    show_task(&task, json_out)
+}
+
+/// Polls the task until it ends, with a spinner on a terminal.
+async fn wait_for(client: &Client, id: &str) -> Result<Value, Failure> {
+    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+    let spin = std::io::stderr().is_terminal();
+    let mut frame = 0;
+    loop {
+        let task = client.send(client.http.get(client.url(&format!("/tasks/{id}")))).await?;
+        let status = task["status"].as_str().unwrap_or_default();
+        if matches!(status, "completed" | "failed" | "cancelled") {
+            if spin {
+                eprint!("\r\x1b[2K");
+            }
+            return Ok(task);
+        }
+        if spin {
+            eprint!("\r{} task {id} {status}", FRAMES[frame % FRAMES.len()]);
+            let _ = std::io::stderr().flush();
+            frame += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn show_task(task: &Value, json_out: bool) -> Result<(), Failure> {
+    let status = task["status"].as_str().unwrap_or_default();
+    if json_out {
+        println!("{task}");
+    } else {
+        println!(
+            "task {} ({status}, matcher {})",
+            task["task_id"].as_str().unwrap_or_default(),
+            task["matcher"].as_str().unwrap_or_default()
+        );
+        if let Some(rankings) = task["result"]["rankings"].as_array() {
+            println!("{:>4}  {:<24} {:>6}  reasons", "rank", "posting", "score");
+            for (i, r) in rankings.iter().enumerate() {
+                let reasons: Vec<&str> =
+                    r["reasons"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                println!(
+                    "{:>4}  {:<24} {:>6.3}  {}",
+                    i + 1,
+                    r["posting_id"].as_str().unwrap_or_default(),
+                    r["score"].as_f64().unwrap_or_default(),
+                    reasons.join("; ")
+                );
+            }
+        }
+        if let Some(error) = task.get("error") {
+            println!("error: {} ({})", error["message"].as_str().unwrap_or_default(), error["kind"]);
+        }
+    }
+    match status {
+        "completed" => Ok(()),
+        "pending" | "running" => Ok(()),
+        _ => Err(failure(1, format!("the task {status}"))),
+    }
+}
+
+pub async fn task(conn: Connection, id: String) -> Result<(), Failure> {
+    let json_out = conn.json;
+    let client = Client::new(conn);
+    let task = client.send(client.http.get(client.url(&format!("/tasks/{id}")))).await?;
+    show_task(&task, json_out)
+}
+
+pub async fn matchers(conn: Connection, command: MatchersCommand) -> Result<(), Failure> {
+    let json_out = conn.json;
+    let client = Client::new(conn);
+    match command {
+        MatchersCommand::List => {
+            let list = client.send(client.http.get(client.url("/matchers"))).await?;
+            if json_out {
+                println!("{list}");
+                return Ok(());
+            }
+            println!("{:<20} {:<10} {:<10} {:<12} description", "name", "version", "source", "sha256");
+            for m in list["matchers"].as_array().into_iter().flatten() {
+                let hex = m["digest"].as_str().unwrap_or_default().trim_start_matches("sha256:");
+                println!(
+                    "{:<20} {:<10} {:<10} {:<12} {}",
+                    m["name"].as_str().unwrap_or_default(),
+                    m["version"].as_str().unwrap_or_default(),
+                    m["source"].as_str().unwrap_or_default(),
+                    &hex[..hex.len().min(12)],
+                    m["description"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        MatchersCommand::Add { name, file } => {
+            let bytes = std::fs::read(&file).map_err(|e| failure(2, format!("{}: {e}", file.display())))?;
+            let added = client.send(client.http.put(client.url(&format!("/matchers/{name}"))).body(bytes)).await?;
+            if json_out {
+                println!("{added}");
+            } else {
+                println!(
+                    "{} {} {}",
+                    added["name"].as_str().unwrap_or_default(),
+                    added["version"].as_str().unwrap_or_default(),
+                    added["digest"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        MatchersCommand::Rm { name } => {
+            client.send(client.http.delete(client.url(&format!("/matchers/{name}")))).await?;
+            if !json_out {
+                println!("removed {name}");
+            }
+        }
+    }
+    Ok(())
+}

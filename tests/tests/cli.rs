@@ -1,0 +1,89 @@
+//! The `matchbox` client commands against a real server: what a script
+//! sees (JSON, exit codes, the server's messages) and what a person sees.
+
+use std::process::Output;
+
+use matchbox_tests::{Host, binary};
+use serde_json::Value;
+
+fn examples(file: &str) -> String {
+    format!("{}/../host/examples/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(host: &str, args: &[&str]) -> Output {
+    std::process::Command::new(binary()).args(args).args(["--server", host]).output().unwrap()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_wait_task_and_matchers() {
+    let host = Host::start(&[]).await.unwrap();
+    let server = format!("http://{}", host.addr);
+    let (candidate, postings) = (examples("candidate.json"), examples("postings.json"));
+
+    let out = run(&server, &["submit", "--candidate", &candidate, "--postings", &postings, "--wait", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let task = stdout_json(&out);
+    assert_eq!(task["status"], "completed");
+    assert_eq!(task["result"]["rankings"][0]["posting_id"], "platform");
+
+    let id = task["task_id"].as_str().unwrap();
+    let out = run(&server, &["task", id]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("(completed, matcher skills)"), "{table}");
+    assert!(table.lines().any(|l| l.contains("platform") && l.contains("remote ok")), "{table}");
+
+    let out = run(&server, &["submit", "--candidate", &candidate, "--postings", &postings]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.trim().len(), 36, "without --wait the task id is printed: {printed}");
+
+    let wasm = matchbox::testing::MISBEHAVE_WASM;
+    let out = run(&server, &["matchers", "add", "mine", wasm, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["name"], "mine");
+    let out = run(&server, &["matchers", "list", "--json"]);
+    let names: Vec<String> =
+        stdout_json(&out)["matchers"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().into()).collect();
+    assert_eq!(names, ["mine", "skills", "text"]);
+    let out =
+        run(&server, &["submit", "--candidate", &candidate, "--postings", &postings, "--matcher", "mine", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A task that fails exits 1 and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let breaker = dir.path().join("candidate.json");
+    std::fs::write(&breaker, r#"{"id": "score-high"}"#).unwrap();
+    let breaker = breaker.to_str().unwrap();
+    let out = run(&server, &["submit", "--candidate", breaker, "--postings", &postings, "--matcher", "mine", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("contract_violation"));
+    assert!(run(&server, &["matchers", "rm", "mine"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_show_the_server_message_and_exit_codes_tell_them_apart() {
+    let host = Host::start(&[]).await.unwrap();
+    let server = format!("http://{}", host.addr);
+
+    let out = run(&server, &["task", "not-a-task"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'not-a-task' is not a task id"));
+
+    let out = run(&server, &["matchers", "rm", "skills"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built-in"));
+
+    let (candidate, postings) = (examples("candidate.json"), examples("postings.json"));
+    let out = run(&server, &["submit", "--candidate", &candidate, "--postings", &postings, "--top-k", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("options.top_k must be between 1 and 1000"));
+
+    let unreachable = format!("http://127.0.0.1:{}", matchbox_tests::free_port());
+    let out = run(&unreachable, &["matchers", "list"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
