@@ -27,8 +27,9 @@ pub struct MatcherLabels {
     pub matcher: String,
 }
 
-/// What `/metrics` reads at scrape time.
-#[derive(Debug, Clone, Copy)]
+/// What the host holds right now: read by `/metrics` at scrape time and
+/// reported by `/readyz`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Present {
     pub tasks: u64,
     pub jobs_in_flight: u64,

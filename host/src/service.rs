@@ -154,10 +154,7 @@ impl Matchbox {
         self.draining.store(true, Ordering::Release);
         let in_flight = self.jobs.tracker().len();
         tracing::info!(in_flight, timeout = %humantime::format_duration(timeout), "draining: no new jobs");
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.jobs.tracker().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = tokio::time::timeout(timeout, self.jobs.tracker().wait_empty()).await;
         let left = self.jobs.tracker().len();
         if left > 0 {
             tracing::warn!(left, "drain timeout reached; cancelling the jobs still in flight");
@@ -166,6 +163,16 @@ impl Matchbox {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.sandbox.live().wait_for_zero()).await;
         }
         tracing::info!("drained");
+    }
+
+    /// What the host holds right now.
+    pub async fn present(&self) -> Result<crate::metrics::Present, StoreError> {
+        Ok(crate::metrics::Present {
+            tasks: self.store.count().await? as u64,
+            jobs_in_flight: self.jobs.tracker().len() as u64,
+            queued: self.jobs.queue().len() as u64,
+            live_instances: self.sandbox.live().get() as u64,
+        })
     }
 
     fn missing(&self, id: TaskId) -> LookupError {

@@ -383,12 +383,7 @@ async fn a_job_still_running_at_expiry_is_stopped_and_its_task_deleted() {
 
     // The guest would loop for an hour; expiry stops it after a second.
     bounded("expiry to stop the guest", app.sandbox.live().wait_for_zero()).await;
-    bounded("the job to be forgotten", async {
-        while !app.jobs.tracker().is_empty() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    bounded("the job to be forgotten", app.jobs.tracker().wait_empty()).await;
     assert_eq!(app.store.count().await.unwrap(), 0, "the entry is deleted, not marked");
     assert_eq!(app.metrics.tasks_expired.get(), 1);
     let reply = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;

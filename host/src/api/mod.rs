@@ -167,12 +167,7 @@ async fn remove_matcher(State(app): State<AppState>, Path(name): Path<String>) -
 
 /// Prometheus metrics (OpenMetrics text).
 async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let present = crate::metrics::Present {
-        tasks: app.store.count().await? as u64,
-        jobs_in_flight: app.jobs.tracker().len() as u64,
-        queued: app.jobs.queue().len() as u64,
-        live_instances: app.sandbox.live().get() as u64,
-    };
+    let present = app.present().await?;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(header::CONTENT_TYPE, content_type)], app.metrics.render(present)).into_response())
 }
@@ -188,13 +183,9 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "this host is draining"));
     }
     app.store.check().await?;
-    Ok(Json(serde_json::json!({
-        "status": "ready",
-        "tasks": app.store.count().await?,
-        "jobs_in_flight": app.jobs.tracker().len(),
-        "queued": app.jobs.queue().len(),
-        "live_instances": app.sandbox.live().get(),
-    })))
+    let mut body = serde_json::to_value(app.present().await?).expect("plain numbers serialise");
+    body["status"] = "ready".into();
+    Ok(Json(body))
 }
 
 async fn not_found() -> ApiError {

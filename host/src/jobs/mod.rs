@@ -44,6 +44,8 @@ pub struct Job {
 #[derive(Default)]
 pub struct JobTracker {
     jobs: Mutex<HashMap<TaskId, Tracked>>,
+    /// Woken whenever the last job in flight ends.
+    emptied: tokio::sync::Notify,
 }
 
 struct Tracked {
@@ -89,9 +91,28 @@ impl JobTracker {
         let mut jobs = self.jobs.lock().unwrap();
         let tracked = jobs.remove(&id);
         crate::tasks::give_back_spare_capacity(&mut jobs);
+        let empty = jobs.is_empty();
         drop(jobs);
+        if empty {
+            self.emptied.notify_waiters();
+        }
         if let Some(t) = tracked {
             t.done.cancel();
+        }
+    }
+
+    /// Resolves once no job is queued or running.
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Register before looking, so an end between the look and the
+            // wait is not missed.
+            emptied.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
         }
     }
 

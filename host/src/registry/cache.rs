@@ -65,10 +65,6 @@ impl CompiledCache {
         Ok(CompiledCache { dir: dir.to_path_buf(), engine_key: format!("{:016x}", hasher.finish()) })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The file for a component digest (`sha256:<hex>`) under this engine.
     pub fn path(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");

@@ -107,11 +107,6 @@ impl Matcher {
             source: self.source,
         }
     }
-
-    /// `name@sha256:<hex>`, the reference that pins this exact component.
-    pub fn pinned(&self) -> String {
-        format!("{}@{}", self.name, self.digest)
-    }
 }
 
 pub fn digest(bytes: &[u8]) -> String {

@@ -215,10 +215,6 @@ impl Sandbox {
         &self.engine
     }
 
-    pub fn config(&self) -> &SandboxConfig {
-        &self.config
-    }
-
     /// The live-instance gauge.
     pub fn live(&self) -> &LiveInstances {
         &self.live
