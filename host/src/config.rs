@@ -14,9 +14,19 @@ use crate::runtime::{JobLimits, SandboxConfig};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "matchbox serve", about = "Serve the matchbox HTTP API on its embedded defaults.")]
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on. Without a tenants file (`--config`) only a
+    /// loopback address is allowed, unless `--insecure-no-auth` is given.
     #[arg(long, env = "MATCHBOX_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// A tenants file (TOML, see the README): API keys and quotas. Without
+    /// one, matchbox serves a single tenant and asks for no key.
+    #[arg(long, env = "MATCHBOX_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Serve a non-loopback address without tenants, i.e. without API keys.
+    #[arg(long, env = "MATCHBOX_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 
     /// How long a task lives, counted from its creation; then it is deleted
     /// and a job still running for it is stopped. E.g. `90s`, `5m`, `1h`.
@@ -125,6 +135,19 @@ impl Config {
     pub fn job_limits(&self) -> JobLimits {
         JobLimits { memory: self.max_memory, deadline: self.job_timeout, ..JobLimits::default() }
     }
+
+    /// Refuses to serve a non-loopback address with no API keys, unless told
+    /// `--insecure-no-auth`.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.config.is_none() && !self.insecure_no_auth && !self.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to listen on {} without API keys: give a tenants file with --config, listen on a \
+                 loopback address, or pass --insecure-no-auth",
+                self.listen
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Parses `90s`, `5m`, `1h`, `250ms`, `1h 30m`.
@@ -164,6 +187,21 @@ mod tests {
         assert_eq!(c.max_body, 8 << 20);
         assert_eq!(c.max_postings, 10_000);
         assert!(c.workers() >= 1);
+    }
+
+    #[test]
+    fn no_keys_means_loopback_only() {
+        let on = |listen: &str, extra: &[&str]| {
+            let mut args = vec!["matchbox serve", "--listen", listen];
+            args.extend(extra);
+            Config::parse_from(args).check_exposure()
+        };
+        assert!(on("127.0.0.1:8080", &[]).is_ok());
+        assert!(on("[::1]:8080", &[]).is_ok());
+        let err = on("0.0.0.0:8080", &[]).unwrap_err().to_string();
+        assert!(err.contains("refusing to listen on 0.0.0.0:8080"), "{err}");
+        assert!(on("0.0.0.0:8080", &["--insecure-no-auth"]).is_ok());
+        assert!(on("0.0.0.0:8080", &["--config", "matchbox.toml"]).is_ok());
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!   the parts below;
 //! - [`tasks`]: the [`tasks::TaskStore`] trait, the in-memory table with its
 //!   expiry index, and the conformance suite every store passes;
-//! - [`jobs`]: the bounded queue, the workers and the jobs in flight;
+//! - [`jobs`]: the bounded queue (fair across tenants), the workers and the
+//!   jobs in flight;
+//! - [`tenants`]: API keys, quotas, and the tenants file;
 //! - [`runtime`]: the wasmtime sandbox, one fresh Store per job;
 //! - [`registry`]: the matchers this host can run;
 //! - [`metrics`]: what `GET /metrics` reports.
@@ -31,6 +33,7 @@ pub mod registry;
 pub mod runtime;
 pub mod service;
 pub mod tasks;
+pub mod tenants;
 
 use std::future::Future;
 

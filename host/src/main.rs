@@ -51,6 +51,24 @@ enum Command {
         #[command(subcommand)]
         command: MatchersCommand,
     },
+    /// Manage the tenants file that `matchbox serve --config` reads.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant with a fresh API key: the key is printed once, on its
+    /// own line; only its SHA-256 is written to the file.
+    Add {
+        /// The tenant's name: 1 to 64 of a-z, 0-9, '-', '_' and '.'.
+        name: String,
+        /// The tenants file (created if missing).
+        #[arg(long, env = "MATCHBOX_CONFIG")]
+        config: std::path::PathBuf,
+        #[command(flatten)]
+        quotas: matchbox::tenants::file::NewTenant,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +85,16 @@ fn main() -> anyhow::Result<()> {
         };
     }
     let command = match Cli::parse().command {
+        Command::Tenant(TenantCommand::Add { name, config, quotas }) => {
+            let key = matchbox::tenants::file::add(&config, &name, &quotas)?;
+            println!("{key}");
+            eprintln!(
+                "added tenant '{name}' to {}; the key above is shown only this once. \
+                 Restart matchbox serve to load it.",
+                config.display()
+            );
+            return Ok(());
+        }
         Command::Serve(config) => {
             return tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config));
         }
@@ -78,7 +106,7 @@ fn main() -> anyhow::Result<()> {
             Command::Submit { conn, args } => cli::submit(conn, args).await,
             Command::Task { conn, id } => cli::task(conn, id).await,
             Command::Matchers { conn, command } => cli::matchers(conn, command).await,
-            Command::Serve(_) => unreachable!("handled above"),
+            Command::Serve(_) | Command::Tenant(_) => unreachable!("handled above"),
         }
     });
     if let Err(failure) = result {
@@ -90,6 +118,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
     init_tracing(&config.log_format);
+    config.check_exposure()?;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(

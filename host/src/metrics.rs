@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub matcher: String,
+    pub tenant: String,
     /// `completed`, `cancelled`, or the failure kind (`timeout`, `trap`, ...).
     pub outcome: String,
 }
@@ -74,7 +75,7 @@ impl Metrics {
         let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water] =
             std::array::from_fn(|_| Gauge::default());
         let r = &mut registry;
-        r.register("matchbox_jobs", "Jobs that ended, by matcher and outcome", jobs.clone());
+        r.register("matchbox_jobs", "Jobs that ended, by matcher, tenant and outcome", jobs.clone());
         r.register("matchbox_job_duration_seconds", "Time from Store creation to the answer", job_seconds.clone());
         r.register(
             "matchbox_instantiate_duration_seconds",
@@ -112,8 +113,17 @@ impl Metrics {
     }
 
     /// Records a job's end.
-    pub fn job_ended(&self, matcher: &str, outcome: &str, elapsed: Duration, instantiate: Option<Duration>) {
-        self.jobs.get_or_create(&JobLabels { matcher: matcher.to_string(), outcome: outcome.to_string() }).inc();
+    pub fn job_ended(
+        &self,
+        matcher: &str,
+        tenant: &str,
+        outcome: &str,
+        elapsed: Duration,
+        instantiate: Option<Duration>,
+    ) {
+        let labels =
+            JobLabels { matcher: matcher.to_string(), tenant: tenant.to_string(), outcome: outcome.to_string() };
+        self.jobs.get_or_create(&labels).inc();
         self.job_seconds.get_or_create(&MatcherLabels { matcher: matcher.to_string() }).observe(elapsed.as_secs_f64());
         if let Some(d) = instantiate {
             self.instantiate_seconds.observe(d.as_secs_f64());

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::registry::{DEFAULT_MATCHER, MatcherRegistry, ResolveError};
 use crate::runtime::{JobInput, Sandbox};
 use crate::tasks::{Clock, MemoryStore, OnExpire, StoreError, Task, TaskId, TaskStore};
+use crate::tenants::{Tenant, Tenants};
 
 pub struct Matchbox {
     pub config: Config,
@@ -23,6 +24,7 @@ pub struct Matchbox {
     pub store: Arc<dyn TaskStore>,
     pub jobs: JobRunner,
     pub metrics: Arc<Metrics>,
+    pub tenants: Tenants,
     /// Set when shutdown begins: submissions are refused from then on.
     draining: AtomicBool,
 }
@@ -33,6 +35,8 @@ pub enum SubmitError {
     UnknownMatcher(#[from] ResolveError),
     #[error("the job queue is full ({0} jobs waiting)")]
     QueueFull(usize),
+    #[error("tenant '{tenant}' has {limit} jobs pending, its quota; retry once some have ended")]
+    OverQuota { tenant: String, limit: usize },
     #[error("this host is shutting down and takes no new jobs")]
     ShuttingDown,
     #[error(transparent)]
@@ -53,8 +57,10 @@ impl Matchbox {
     /// Builds the service on the embedded defaults: the memory task store and
     /// the built-in matchers. Must be called inside a tokio runtime.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        let tenants = Tenants::from_config(&config)?;
         let sandbox = Arc::new(Sandbox::new(config.sandbox()).context("creating the wasm engine")?);
         let registry = Arc::new(MatcherRegistry::open(sandbox.clone(), config.registry()).await?);
+        tenants.check_matchers(&registry.names())?;
         let clock = Clock::new();
         let tracker = Arc::new(JobTracker::default());
         let metrics = Arc::new(Metrics::new(config.tasks_high_water));
@@ -84,23 +90,39 @@ impl Matchbox {
             store,
             jobs,
             metrics,
+            tenants,
             draining: AtomicBool::new(false),
         }))
     }
 
-    /// Accepts a job: records a pending task and queues the job. Once this
-    /// returns `Ok`, the task ends in a terminal state or expires.
-    pub async fn submit(&self, matcher: Option<&str>, input: JobInput) -> Result<Task, SubmitError> {
+    /// Accepts `tenant`'s job: records a pending task and queues the job.
+    /// Once this returns `Ok`, the task ends in a terminal state or expires.
+    pub async fn submit(
+        &self,
+        tenant: &Arc<Tenant>,
+        matcher: Option<&str>,
+        input: JobInput,
+    ) -> Result<Task, SubmitError> {
         if self.is_draining() {
             return Err(SubmitError::ShuttingDown);
         }
-        let matcher = self.registry.resolve(matcher.unwrap_or(DEFAULT_MATCHER))?;
+        let matcher = self.registry.resolve(tenant, matcher.unwrap_or(DEFAULT_MATCHER))?;
+        let admission = tenant.admit().ok_or_else(|| SubmitError::OverQuota {
+            tenant: tenant.name.to_string(),
+            limit: tenant.quotas.pending_tasks,
+        })?;
         let queue = self.jobs.queue();
         let slot = queue.reserve().ok_or(SubmitError::QueueFull(queue.capacity()))?;
 
-        let task = Task::pending(self.clock.new_task_id(), matcher.name.clone(), self.clock.now(), self.store.ttl());
+        let task = Task::pending(
+            self.clock.new_task_id(),
+            tenant.name.to_string(),
+            matcher.name.clone(),
+            self.clock.now(),
+            self.store.ttl(),
+        );
         let id = task.task_id;
-        let span = tracing::info_span!("task", task_id = %id, matcher = %matcher.name);
+        let span = tracing::info_span!("task", task_id = %id, tenant = %tenant.name, matcher = %matcher.name);
         // Tracked before it is stored, so an expiry can never miss it.
         let (cancel, _done) = self.jobs.tracker().track(id);
         if let Err(err) = self.store.insert(task.clone()).instrument(span.clone()).await {
@@ -111,21 +133,35 @@ impl Matchbox {
         if let Ok(tasks) = self.store.count().await {
             self.metrics.observe_table(tasks as u64);
         }
-        slot.push(Job { task_id: id, matcher, input, limits: self.config.job_limits(), cancel, span });
+        let job = Job {
+            task_id: id,
+            tenant: tenant.name.clone(),
+            admission,
+            matcher,
+            input,
+            limits: tenant.job_limits(),
+            cancel,
+            span,
+        };
+        slot.push(&tenant.name, tenant.quotas.concurrent_jobs, job);
         Ok(task)
     }
 
-    /// The task, or why there is none: expired (its id's timestamp is older
-    /// than the time to live) or never known here.
-    pub async fn task(&self, id: TaskId) -> Result<Task, LookupError> {
+    /// `tenant`'s task, or why there is none: expired (its id's timestamp is
+    /// older than the time to live) or never known here. Another tenant's
+    /// task is answered exactly as an unknown one.
+    pub async fn task(&self, tenant: &Tenant, id: TaskId) -> Result<Task, LookupError> {
         match self.store.get(id).await? {
-            Some(task) => Ok(task),
-            None => Err(self.missing(id)),
+            Some(task) if *task.tenant == *tenant.name => Ok(task),
+            _ => Err(self.missing(id)),
         }
     }
 
-    /// Cancels a job still queued or running and deletes its task.
-    pub async fn cancel(&self, id: TaskId) -> Result<(), LookupError> {
+    /// Cancels `tenant`'s job still queued or running and deletes its task.
+    pub async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<(), LookupError> {
+        // Ownership never changes, so checking it first and removing second
+        // cannot delete another tenant's task.
+        self.task(tenant, id).await?;
         if !self.store.remove(id).await? {
             return Err(self.missing(id));
         }
@@ -134,12 +170,13 @@ impl Matchbox {
         Ok(())
     }
 
-    /// Waits up to `timeout` for the task's job to end, then reads the task.
-    pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Task, LookupError> {
+    /// Waits up to `timeout` for `tenant`'s task's job to end, then reads
+    /// the task.
+    pub async fn wait(&self, tenant: &Tenant, id: TaskId, timeout: Duration) -> Result<Task, LookupError> {
         if let Some(done) = self.jobs.tracker().done(id) {
             let _ = tokio::time::timeout(timeout, done.cancelled()).await;
         }
-        self.task(id).await
+        self.task(tenant, id).await
     }
 
     pub fn is_draining(&self) -> bool {

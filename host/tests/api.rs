@@ -2,23 +2,17 @@
 //! real matchers. Waits are on events (a task ending, the live-instance gauge
 //! reaching zero), each bounded so a bug fails the test instead of hanging it.
 
-use std::future::Future;
+mod common;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::http::{Method, Request, StatusCode, header};
+use common::{Reply, bounded};
 use matchbox::{Config, Matchbox};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const BOUND: Duration = Duration::from_secs(60);
-
-async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 /// One data and cache directory for every test in this binary, never the
 /// user's own.
@@ -37,14 +31,9 @@ async fn service(configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
     configure(&mut config);
     let app = Matchbox::new(config).await.unwrap();
     let bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    app.registry.upload("misbehave", bytes).await.unwrap();
+    let tenant = app.tenants.get(matchbox::tenants::DEFAULT_TENANT).unwrap().clone();
+    app.registry.upload(&tenant, "misbehave", bytes).await.unwrap();
     app
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
 }
 
 async fn call(app: &Arc<Matchbox>, method: Method, uri: &str, body: Option<Value>) -> Reply {
@@ -57,13 +46,7 @@ async fn call_raw(router: Router, method: Method, uri: &str, body: Option<String
     if body.is_some() {
         request = request.header(header::CONTENT_TYPE, content_type);
     }
-    let request = request.body(body.map(Body::from).unwrap_or_else(Body::empty)).unwrap();
-    let response = router.oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-    Reply { status, headers, body }
+    common::send(router, request.body(body.map(Body::from).unwrap_or_else(Body::empty)).unwrap()).await
 }
 
 fn postings(n: usize) -> Vec<Value> {
@@ -97,7 +80,7 @@ fn with_matcher(mut body: Value, matcher: &str) -> Value {
 }
 
 fn error_code(reply: &Reply) -> &str {
-    reply.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {}", reply.body))
+    reply.error_code()
 }
 
 async fn wait_done(app: &Arc<Matchbox>, id: &str) -> Value {
@@ -441,16 +424,16 @@ async fn metrics_report_jobs_tasks_instances_and_the_high_water_mark() {
             call(&app, Method::POST, "/jobs/match?wait=30s", Some(with_matcher(job(mode, 2), "misbehave"))).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
-    let response = matchbox::app(app.clone())
-        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let response = tower::ServiceExt::oneshot(matchbox::app(app.clone()), request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/openmetrics-text"));
-    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text =
+        String::from_utf8(http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes().to_vec())
+            .unwrap();
     for line in [
-        r#"matchbox_jobs_total{matcher="misbehave",outcome="completed"} 2"#,
-        r#"matchbox_jobs_total{matcher="misbehave",outcome="contract_violation"} 1"#,
+        r#"matchbox_jobs_total{matcher="misbehave",tenant="default",outcome="completed"} 2"#,
+        r#"matchbox_jobs_total{matcher="misbehave",tenant="default",outcome="contract_violation"} 1"#,
         "matchbox_tasks 3",
         "matchbox_live_instances 0",
         "matchbox_jobs_in_flight 0",

@@ -1,19 +1,17 @@
 //! Plugging in matchers: uploads validated against the world, replacement
 //! under load, pinning by digest, persistence and the precompiled cache.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use common::BOUND;
 use matchbox::registry::{MatcherRegistry, RegistryConfig, Source};
 use matchbox::runtime::{Sandbox, SandboxConfig};
 use matchbox::{Config, Matchbox};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const BOUND: Duration = Duration::from_secs(60);
 
 fn misbehave() -> Vec<u8> {
     std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap()
@@ -37,11 +35,8 @@ async fn service(dirs: &tempfile::TempDir, configure: impl FnOnce(&mut Config)) 
 async fn call(app: &Arc<Matchbox>, method: Method, uri: &str, body: Body, content_type: &str) -> (StatusCode, Value) {
     let request =
         Request::builder().method(method).uri(uri).header(header::CONTENT_TYPE, content_type).body(body).unwrap();
-    let response = matchbox::app(app.clone()).oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-    (status, body)
+    let reply = common::send(matchbox::app(app.clone()), request).await;
+    (reply.status, reply.body)
 }
 
 async fn upload(app: &Arc<Matchbox>, name: &str, bytes: Vec<u8>) -> (StatusCode, Value) {

@@ -87,3 +87,50 @@ async fn errors_show_the_server_message_and_exit_codes_tell_them_apart() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
+
+/// An operator adds a tenant with the real command; the key it prints once is
+/// the one the server then takes, and nothing else is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_added_on_the_command_line_can_submit_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("matchbox.toml");
+    let config = config.to_str().unwrap();
+    let add = std::process::Command::new(binary())
+        .args(["tenant", "add", "acme", "--config", config, "--concurrent-jobs", "1"])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let printed = String::from_utf8(add.stdout).unwrap();
+    let key = printed.trim();
+    assert_eq!(printed.lines().count(), 1, "the key alone, on its own line: {printed}");
+    assert!(!std::fs::read_to_string(config).unwrap().contains(key), "the file keeps only the hash");
+
+    let host = Host::start(&["--config", config]).await.unwrap();
+    let server = format!("http://{}", host.addr);
+    let (candidate, postings) = (examples("candidate.json"), examples("postings.json"));
+    let submit = ["submit", "--candidate", &candidate, "--postings", &postings, "--wait", "--json"];
+
+    let out = run(&server, &submit);
+    assert_eq!(out.status.code(), Some(2), "no key: refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs an API key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&server, &[&submit[..], &["--api-key", key]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["tenant"], "acme");
+}
+
+#[test]
+fn without_tenants_a_public_address_is_refused() {
+    let out = std::process::Command::new(binary())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .env_remove("MATCHBOX_CONFIG")
+        .env_remove("MATCHBOX_INSECURE_NO_AUTH")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without API keys"), "{stderr}");
+}

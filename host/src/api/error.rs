@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::registry::LoadError;
 use crate::service::{LookupError, SubmitError};
 use crate::tasks::StoreError;
+use crate::tenants::AuthError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -19,6 +20,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge, for 401.
+    pub challenge: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -34,7 +37,7 @@ struct Inner<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError { status, code, message: message.into(), retry_after: None, challenge: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -65,6 +68,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }
@@ -110,6 +116,9 @@ impl From<SubmitError> for ApiError {
             SubmitError::UnknownMatcher(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_matcher", err.to_string())
             }
+            SubmitError::OverQuota { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", err.to_string()).retry_after(1)
+            }
             SubmitError::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{err}; retry later")).retry_after(1)
             }
@@ -118,6 +127,19 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::Store(err) => err.into(),
         }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        let (code, challenge) = match err {
+            AuthError::Missing => ("unauthorized", r#"Bearer realm="matchbox""#),
+            AuthError::Malformed => ("unauthorized", r#"Bearer realm="matchbox", error="invalid_request""#),
+            AuthError::Invalid => ("unauthorized", r#"Bearer realm="matchbox", error="invalid_token""#),
+        };
+        let mut error = ApiError::new(StatusCode::UNAUTHORIZED, code, err.to_string());
+        error.challenge = Some(challenge);
+        error
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +23,7 @@ use types::{Accepted, Caps, MatchRequest};
 use crate::registry::MatcherSummary;
 use crate::service::Matchbox;
 use crate::tasks::{Task, TaskId};
+use crate::tenants::Tenant;
 
 pub type AppState = Arc<Matchbox>;
 
@@ -29,6 +31,20 @@ pub type AppState = Arc<Matchbox>;
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// The tenant making the request, from its `Authorization: Bearer` key (or
+/// the implicit tenant of a host without tenants). Routes that touch tasks
+/// or matchers take one; health, readiness and metrics are for operators
+/// and need no key.
+pub struct Caller(pub Arc<Tenant>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        Ok(Caller(app.tenants.authenticate(parts.headers.get(header::AUTHORIZATION))?))
+    }
+}
 
 /// The router over `state`; tests call it with `oneshot`, without a socket.
 pub fn router(state: AppState) -> Router {
@@ -60,6 +76,7 @@ struct SubmitQuery {
 
 async fn submit(
     State(app): State<AppState>,
+    Caller(tenant): Caller,
     query: Result<Query<SubmitQuery>, axum::extract::rejection::QueryRejection>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
@@ -75,13 +92,13 @@ async fn submit(
         return Err(crate::service::SubmitError::QueueFull(app.jobs.queue().capacity()).into());
     }
     let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app).await?;
-    let caps = Caps { max_postings: app.config.max_postings };
+    let caps = Caps { max_postings: tenant.quotas.postings };
     let (matcher, input) = request.into_job(&caps)?;
-    let task = app.submit(matcher.as_deref(), input).await?;
+    let task = app.submit(&tenant, matcher.as_deref(), input).await?;
     let location = HeaderValue::from_str(&format!("/tasks/{}", task.task_id)).expect("a uuid is a valid header");
 
     if let Some(wait) = wait {
-        let now = app.wait(task.task_id, wait).await?;
+        let now = app.wait(&tenant, task.task_id, wait).await?;
         if now.status.is_terminal() {
             return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(now)).into_response());
         }
@@ -112,24 +129,36 @@ fn parse_task_id(raw: &str) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_task_id", format!("'{raw}' is not a task id (a UUID)")))
 }
 
-async fn get_task(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+async fn get_task(
+    State(app): State<AppState>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
     let id = parse_task_id(&id)?;
-    Ok(Json(app.task(id).await?))
+    Ok(Json(app.task(&tenant, id).await?))
 }
 
-async fn delete_task(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_task(
+    State(app): State<AppState>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_task_id(&id)?;
-    app.cancel(id).await?;
+    app.cancel(&tenant, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_matchers(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let matchers: Vec<MatcherSummary> = app.registry.list().iter().map(|m| m.summary()).collect();
+async fn list_matchers(State(app): State<AppState>, Caller(tenant): Caller) -> Json<serde_json::Value> {
+    let matchers: Vec<MatcherSummary> = app.registry.list(&tenant).iter().map(|m| m.summary()).collect();
     Json(serde_json::json!({ "matchers": matchers }))
 }
 
-async fn get_matcher(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<MatcherSummary>, ApiError> {
-    let matcher = app.registry.get(&name).ok_or_else(|| unknown_matcher(&name))?;
+async fn get_matcher(
+    State(app): State<AppState>,
+    Caller(tenant): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<MatcherSummary>, ApiError> {
+    let matcher = app.registry.find(&tenant, &name).ok_or_else(|| unknown_matcher(&name))?;
     Ok(Json(matcher.summary()))
 }
 
@@ -141,6 +170,7 @@ fn unknown_matcher(name: &str) -> ApiError {
 /// name, `200` when it replaced an upload (or was already there).
 async fn upload_matcher(
     State(app): State<AppState>,
+    Caller(tenant): Caller,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -154,15 +184,19 @@ async fn upload_matcher(
             ApiError::bad_request("bad_body", rejection.body_text())
         }
     })?;
-    let (matcher, created) = app.registry.upload(&name, body.to_vec()).await?;
+    let (matcher, created) = app.registry.upload(&tenant, &name, body.to_vec()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location =
         HeaderValue::from_str(&format!("/matchers/{}", matcher.name)).expect("a checked name is a valid header");
     Ok((status, [(header::LOCATION, location)], Json(matcher.summary())).into_response())
 }
 
-async fn remove_matcher(State(app): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if app.registry.remove(&name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
+async fn remove_matcher(
+    State(app): State<AppState>,
+    Caller(tenant): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if app.registry.remove(&tenant, &name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
 }
 
 /// Prometheus metrics (OpenMetrics text).

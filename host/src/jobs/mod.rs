@@ -1,7 +1,7 @@
 //! Running jobs: the bounded queue, the workers, and the jobs in flight.
 //!
 //! Workers are tasks on the service's runtime that take a job from the
-//! [`JobQueue`], mark its task running, run it in the [`Sandbox`] and write
+//! [`JobQueue`] (fair across tenants, see `queue.rs`), mark its task running, run it in the [`Sandbox`] and write
 //! the outcome. The guest itself runs on the *guest runtime*, a tokio runtime
 //! of its own with one thread per worker, so guest compute never occupies a
 //! thread that serves HTTP (see [`crate::runtime`] for why guests are async).
@@ -20,16 +20,21 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-pub use queue::{JobQueue, Slot};
+pub use queue::{JobQueue, LaneId, Running, Slot};
 
 use crate::metrics::Metrics;
 use crate::registry::Matcher;
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
 use crate::tasks::{Ranking, TaskId, TaskOutcome, TaskStore};
+use crate::tenants::Admission;
 
 /// One accepted job.
 pub struct Job {
     pub task_id: TaskId,
+    /// The tenant's name: its lane in the queue and its metrics label.
+    pub tenant: LaneId,
+    /// Its place in the tenant's pending-task quota, held until the job ends.
+    pub admission: Admission,
     /// The matcher as it was when the job was accepted; replacing it in the
     /// registry does not change what this job runs.
     pub matcher: Arc<Matcher>,
@@ -201,10 +206,14 @@ struct Worker {
 }
 
 async fn work(w: Worker) {
-    while let Some(job) = w.queue.pop().await {
+    while let Some((job, running)) = w.queue.pop().await {
         let id = job.task_id;
         let span = job.span.clone();
         run_one(job, &w).instrument(span).await;
+        // The tenant's lane may start another job, and its quota has room
+        // again (the admission was dropped with the job), before anyone
+        // waiting on this one is told it ended.
+        drop(running);
         w.tracker.finished(id);
     }
 }
@@ -224,7 +233,7 @@ async fn run_one(job: Job, w: &Worker) {
             return;
         }
     }
-    let Job { matcher, input, limits, cancel, span, .. } = job;
+    let Job { matcher, input, limits, cancel, span, tenant, admission, .. } = job;
     let matcher_name = matcher.name.clone();
     let sandbox = sandbox.clone();
     let run = async move { sandbox.rank(&matcher.pre, &input, &limits, cancel).await }.instrument(span);
@@ -234,7 +243,7 @@ async fn run_one(job: Job, w: &Worker) {
                 Ok(_) => "completed",
                 Err(failure) => failure.kind.as_str(),
             };
-            w.metrics.job_ended(&matcher_name, outcome, report.elapsed, report.instantiate);
+            w.metrics.job_ended(&matcher_name, &tenant, outcome, report.elapsed, report.instantiate);
             tracing::debug!(
                 elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
                 instantiate_us = report.instantiate.map(|d| d.as_micros() as u64),
@@ -265,4 +274,5 @@ async fn run_one(job: Job, w: &Worker) {
     if let Err(err) = store.finish(id, outcome).await {
         tracing::warn!(%err, "could not write the job's outcome");
     }
+    drop(admission);
 }

@@ -11,6 +11,12 @@
 //!
 //! Built-in and directory matchers are read-only through the API.
 //!
+//! Every matcher has an owner. Built-in and directory matchers are *shared*
+//! (no owner), usable by the tenants allowed them. A tenant's uploads are
+//! its own: no other tenant can see, use, pin, replace or remove them, and
+//! two tenants may each have a matcher of the same name. On a host without
+//! tenants the one implicit tenant uploads shared matchers.
+//!
 //! Every matcher is validated before it is registered ([`MatcherRegistry::upload`]
 //! says how), compiled once (or loaded from the [`cache::CompiledCache`]),
 //! type-checked against the `matcher` world once (its [`MatcherPre`]), and
@@ -39,6 +45,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 
 use crate::runtime::{JobLimits, JobState, MatcherInfo, MatcherPre, Sandbox};
+use crate::tenants::Tenant;
 use cache::{CompiledCache, Lookup};
 use storage::ComponentStorage;
 
@@ -69,6 +76,8 @@ pub enum Source {
 /// A loaded matcher.
 pub struct Matcher {
     pub name: String,
+    /// The tenant it belongs to; `None` for a shared matcher.
+    pub owner: Option<Arc<str>>,
     pub info: MatcherInfo,
     /// `sha256:` and the hex digest of the component's bytes.
     pub digest: String,
@@ -87,6 +96,8 @@ impl std::fmt::Debug for Matcher {
 #[derive(Debug, Clone, Serialize)]
 pub struct MatcherSummary {
     pub name: String,
+    /// Whether it is the caller's own upload rather than a shared matcher.
+    pub private: bool,
     pub version: String,
     pub description: String,
     pub digest: String,
@@ -99,6 +110,7 @@ impl Matcher {
     pub fn summary(&self) -> MatcherSummary {
         MatcherSummary {
             name: self.name.clone(),
+            private: self.owner.is_some(),
             version: self.info.version.clone(),
             description: self.info.description.clone(),
             digest: self.digest.clone(),
@@ -197,9 +209,12 @@ pub struct LoadStats {
     pub cache_rejected: AtomicU64,
 }
 
+/// A matcher's key: its owner (`None` for shared) and its name.
+type Key = (Option<Arc<str>>, String);
+
 pub struct MatcherRegistry {
     sandbox: Arc<Sandbox>,
-    matchers: RwLock<BTreeMap<String, Arc<Matcher>>>,
+    matchers: RwLock<BTreeMap<Key, Arc<Matcher>>>,
     storage: Option<ComponentStorage>,
     cache: Option<CompiledCache>,
     compile_slots: Semaphore,
@@ -246,7 +261,7 @@ impl MatcherRegistry {
 
         for (name, bytes) in BUILTINS {
             let matcher = registry
-                .load(name, bytes.to_vec(), Source::Builtin)
+                .load(None, name, bytes.to_vec(), Source::Builtin)
                 .await
                 .with_context(|| format!("loading the built-in matcher '{name}'"))?;
             registry.insert(matcher);
@@ -273,7 +288,7 @@ impl MatcherRegistry {
             }
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let matcher = self
-                .load(&name, bytes, Source::Directory)
+                .load(None, &name, bytes, Source::Directory)
                 .await
                 .with_context(|| format!("loading {}", path.display()))?;
             tracing::info!(name, digest = %matcher.digest, "loaded a matcher from the matchers directory");
@@ -285,12 +300,15 @@ impl MatcherRegistry {
     async fn load_stored(&self) -> anyhow::Result<()> {
         let Some(storage) = &self.storage else { return Ok(()) };
         for stored in storage.names()? {
-            if self.get(&stored.name).is_some() {
+            let owner: Option<Arc<str>> = stored.tenant.as_deref().map(Into::into);
+            if owner.is_none() && self.get(&stored.name).is_some() {
                 tracing::warn!(name = stored.name, "a stored upload is shadowed by a built-in or directory matcher");
                 continue;
             }
             let loaded = match storage.read_component(&stored.digest) {
-                Ok(bytes) if digest(&bytes) == stored.digest => self.load(&stored.name, bytes, Source::Uploaded).await,
+                Ok(bytes) if digest(&bytes) == stored.digest => {
+                    self.load(owner, &stored.name, bytes, Source::Uploaded).await
+                }
                 Ok(_) => Err(LoadError::Storage("its bytes do not match their digest".into())),
                 Err(e) => Err(LoadError::Storage(e.to_string())),
             };
@@ -306,20 +324,37 @@ impl MatcherRegistry {
     }
 
     fn insert(&self, matcher: Matcher) -> Option<Arc<Matcher>> {
-        self.matchers.write().unwrap().insert(matcher.name.clone(), Arc::new(matcher))
+        let key = (matcher.owner.clone(), matcher.name.clone());
+        self.matchers.write().unwrap().insert(key, Arc::new(matcher))
     }
 
+    fn get_owned(&self, owner: Option<&Arc<str>>, name: &str) -> Option<Arc<Matcher>> {
+        self.matchers.read().unwrap().get(&(owner.cloned(), name.to_string())).cloned()
+    }
+
+    /// A shared matcher (built-in, directory, or uploaded on a host without
+    /// tenants) by name.
     pub fn get(&self, name: &str) -> Option<Arc<Matcher>> {
-        self.matchers.read().unwrap().get(name).cloned()
+        self.get_owned(None, name)
     }
 
-    /// Resolves `name` or `name@sha256:<hex>`.
-    pub fn resolve(&self, reference: &str) -> Result<Arc<Matcher>, ResolveError> {
+    /// The matcher `name` as `tenant` sees it: its own upload of that name,
+    /// or else a shared matcher it may use.
+    pub fn find(&self, tenant: &Tenant, name: &str) -> Option<Arc<Matcher>> {
+        tenant
+            .namespace()
+            .and_then(|own| self.get_owned(Some(own), name))
+            .or_else(|| self.get(name).filter(|_| tenant.may_use_shared(name)))
+    }
+
+    /// Resolves `name` or `name@sha256:<hex>` for `tenant`. A matcher it
+    /// may not see is unknown, whoever owns it.
+    pub fn resolve(&self, tenant: &Tenant, reference: &str) -> Result<Arc<Matcher>, ResolveError> {
         let (name, pinned) = match reference.split_once('@') {
             Some((name, digest)) => (name, Some(digest)),
             None => (reference, None),
         };
-        let matcher = self.get(name).ok_or_else(|| ResolveError::Unknown(name.to_string()))?;
+        let matcher = self.find(tenant, name).ok_or_else(|| ResolveError::Unknown(name.to_string()))?;
         match pinned {
             Some(digest) if digest != matcher.digest => Err(ResolveError::DigestMismatch {
                 name: name.to_string(),
@@ -330,42 +365,66 @@ impl MatcherRegistry {
         }
     }
 
-    /// Every matcher, by name.
-    pub fn list(&self) -> Vec<Arc<Matcher>> {
-        self.matchers.read().unwrap().values().cloned().collect()
+    /// Every matcher `tenant` sees, by name.
+    pub fn list(&self, tenant: &Tenant) -> Vec<Arc<Matcher>> {
+        let mut seen = BTreeMap::new();
+        for matcher in self.matchers.read().unwrap().values() {
+            let visible = match &matcher.owner {
+                None => tenant.may_use_shared(&matcher.name),
+                Some(owner) => tenant.namespace() == Some(owner),
+            };
+            // Its own upload wins over a shared matcher of that name.
+            if visible && (matcher.owner.is_some() || !seen.contains_key(&matcher.name)) {
+                seen.insert(matcher.name.clone(), matcher.clone());
+            }
+        }
+        seen.into_values().collect()
     }
 
+    /// The shared matchers' names.
     pub fn names(&self) -> Vec<String> {
-        self.matchers.read().unwrap().keys().cloned().collect()
+        self.matchers.read().unwrap().keys().filter(|(owner, _)| owner.is_none()).map(|(_, n)| n.clone()).collect()
     }
 
-    /// Validates `bytes` as a matcher and registers it under `name`,
-    /// replacing an upload of that name. Returns the matcher and whether the
-    /// name is new.
+    /// Refuses to change `name` for `tenant` if it means a shared matcher
+    /// that is not the tenant's to change.
+    fn check_writable(&self, tenant: &Tenant, name: &str) -> Result<(), LoadError> {
+        let shared = self.get(name).filter(|_| tenant.namespace().is_none() || tenant.may_use_shared(name));
+        match shared.map(|m| m.source) {
+            Some(Source::Builtin) => Err(LoadError::ReadOnly(name.to_string(), "built-in")),
+            Some(Source::Directory) => Err(LoadError::ReadOnly(name.to_string(), "directory")),
+            // A tenant's upload must not shadow a shared matcher it uses.
+            Some(Source::Uploaded) if tenant.namespace().is_some() => {
+                Err(LoadError::ReadOnly(name.to_string(), "shared"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Validates `bytes` as a matcher and registers it under `name` for
+    /// `tenant`, replacing its upload of that name. Returns the matcher and
+    /// whether the name is new.
     ///
     /// Checked in order, each failure leaving the registry unchanged: the
     /// name; that the name is not read-only; the size cap; that the bytes are
     /// WebAssembly and a component, not a core module; that it compiles; that
     /// it implements the `matcher` world with no import the host lacks; and
     /// that `info()`, run in a sandbox, answers in time with sensible strings.
-    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Result<(Arc<Matcher>, bool), LoadError> {
+    pub async fn upload(&self, tenant: &Tenant, name: &str, bytes: Vec<u8>) -> Result<(Arc<Matcher>, bool), LoadError> {
         check_name(name)?;
         let _change = self.changes.lock().await;
-        let existing = self.get(name);
-        match existing.as_ref().map(|m| m.source) {
-            Some(Source::Builtin) => return Err(LoadError::ReadOnly(name.to_string(), "built-in")),
-            Some(Source::Directory) => return Err(LoadError::ReadOnly(name.to_string(), "directory")),
-            _ => {}
-        }
+        self.check_writable(tenant, name)?;
+        let owner = tenant.namespace().cloned();
+        let existing = self.get_owned(owner.as_ref(), name);
         let digest = digest(&bytes);
         if let Some(existing) = existing.as_ref().filter(|m| m.digest == digest) {
             return Ok((existing.clone(), false));
         }
-        let matcher = self.load(name, bytes.clone(), Source::Uploaded).await?;
+        let matcher = self.load(owner.clone(), name, bytes.clone(), Source::Uploaded).await?;
         if let Some(storage) = self.storage.clone() {
             let (name, digest) = (name.to_string(), digest.clone());
             tokio::task::spawn_blocking(move || {
-                storage.put(&name, &digest, &bytes)?;
+                storage.put(owner.as_deref(), &name, &digest, &bytes)?;
                 if let Some(old) = existing {
                     storage.collect(&old.digest)?;
                 }
@@ -375,35 +434,50 @@ impl MatcherRegistry {
             .map_err(|e| LoadError::Storage(e.to_string()))?
             .map_err(|e| LoadError::Storage(e.to_string()))?;
         }
-        tracing::info!(name, digest = %matcher.digest, version = %matcher.info.version, "matcher uploaded");
+        tracing::info!(
+            name,
+            tenant = %tenant.name,
+            digest = %matcher.digest,
+            version = %matcher.info.version,
+            "matcher uploaded"
+        );
+        let key_owner = matcher.owner.clone();
         let replaced = self.insert(matcher);
-        Ok((self.get(name).expect("just inserted"), replaced.is_none()))
+        Ok((self.get_owned(key_owner.as_ref(), name).expect("just inserted"), replaced.is_none()))
     }
 
-    /// Removes an uploaded matcher. Jobs running on it finish on it.
-    pub async fn remove(&self, name: &str) -> Result<bool, LoadError> {
+    /// Removes `tenant`'s upload `name`. Jobs running on it finish on it.
+    pub async fn remove(&self, tenant: &Tenant, name: &str) -> Result<bool, LoadError> {
         let _change = self.changes.lock().await;
-        match self.get(name).map(|m| m.source) {
-            None => return Ok(false),
-            Some(Source::Builtin) => return Err(LoadError::ReadOnly(name.to_string(), "built-in")),
-            Some(Source::Directory) => return Err(LoadError::ReadOnly(name.to_string(), "directory")),
-            Some(Source::Uploaded) => {}
+        let owner = tenant.namespace().cloned();
+        if self.get_owned(owner.as_ref(), name).is_none() {
+            self.check_writable(tenant, name)?;
+            return Ok(false);
+        }
+        if owner.is_none() {
+            self.check_writable(tenant, name)?;
         }
         if let Some(storage) = self.storage.clone() {
-            let owned = name.to_string();
-            tokio::task::spawn_blocking(move || storage.remove(&owned))
+            let (owner, name) = (owner.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || storage.remove(owner.as_deref(), &name))
                 .await
                 .map_err(|e| LoadError::Storage(e.to_string()))?
                 .map_err(|e| LoadError::Storage(e.to_string()))?;
         }
-        self.matchers.write().unwrap().remove(name);
-        tracing::info!(name, "matcher removed");
+        self.matchers.write().unwrap().remove(&(owner, name.to_string()));
+        tracing::info!(name, tenant = %tenant.name, "matcher removed");
         Ok(true)
     }
 
     /// Checks, compiles (or loads from the cache), type-checks and asks
     /// `info()` of a component.
-    async fn load(&self, name: &str, bytes: Vec<u8>, source: Source) -> Result<Matcher, LoadError> {
+    async fn load(
+        &self,
+        owner: Option<Arc<str>>,
+        name: &str,
+        bytes: Vec<u8>,
+        source: Source,
+    ) -> Result<Matcher, LoadError> {
         let cap = self.config.max_component_size;
         if bytes.len() > cap && source != Source::Builtin {
             return Err(LoadError::TooLarge { size: bytes.len(), cap });
@@ -419,7 +493,7 @@ impl MatcherRegistry {
             .await
             .map_err(|f| LoadError::Info(format!("{} ({})", f.message, f.kind)))?;
         check_info(&info)?;
-        Ok(Matcher { name: name.to_string(), info, digest, size, source, pre })
+        Ok(Matcher { name: name.to_string(), owner, info, digest, size, source, pre })
     }
 
     /// Compiles on the blocking pool, at most [`COMPILE_SLOTS`] at once,

@@ -28,7 +28,7 @@ where
 }
 
 fn pending(store: &dyn TaskStore, clock: &Clock) -> Task {
-    Task::pending(clock.new_task_id(), "skills".into(), clock.now(), store.ttl())
+    Task::pending(clock.new_task_id(), "default".into(), "skills".into(), clock.now(), store.ttl())
 }
 
 async fn round_trip(store: Arc<dyn TaskStore>) {

@@ -244,7 +244,7 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..100 {
             let id = clock.new_task_id();
-            table.insert(Task::pending(id, "skills".into(), clock.now(), HOUR)).await.unwrap();
+            table.insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
             ids.push(id);
         }
         assert_eq!(table.count().await.unwrap(), 100);
@@ -274,7 +274,7 @@ mod tests {
 
         for _ in 0..1000 {
             let id = clock.new_task_id();
-            table.insert(Task::pending(id, "skills".into(), clock.now(), HOUR)).await.unwrap();
+            table.insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
             assert!(table.start(id).await.unwrap());
             assert!(table.finish(id, TaskOutcome::Completed(vec![])).await.unwrap());
         }
@@ -297,10 +297,10 @@ mod tests {
         let (table, _) = store(100, HOUR);
         let clock = Clock::new();
         let first = clock.new_task_id();
-        table.insert(Task::pending(first, "skills".into(), clock.now(), HOUR)).await.unwrap();
+        table.insert(Task::pending(first, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
         tokio::time::advance(HOUR / 2).await;
         let second = clock.new_task_id();
-        table.insert(Task::pending(second, "skills".into(), clock.now(), HOUR)).await.unwrap();
+        table.insert(Task::pending(second, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
 
         tokio::time::advance(HOUR / 2 + Duration::from_secs(1)).await;
         tokio::task::yield_now().await;

@@ -104,6 +104,8 @@ impl TaskOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub task_id: TaskId,
+    /// The tenant that submitted it: the only one that can see it.
+    pub tenant: String,
     pub status: TaskStatus,
     pub matcher: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -120,9 +122,10 @@ pub struct Task {
 
 impl Task {
     /// A new pending task, created now, expiring `ttl` from now.
-    pub fn pending(task_id: TaskId, matcher: String, now: OffsetDateTime, ttl: Duration) -> Self {
+    pub fn pending(task_id: TaskId, tenant: String, matcher: String, now: OffsetDateTime, ttl: Duration) -> Self {
         Task {
             task_id,
+            tenant,
             status: TaskStatus::Pending,
             matcher,
             created_at: now,

@@ -1,0 +1,183 @@
+//! The tenants file (`matchbox serve --config matchbox.toml`): one
+//! `[[tenant]]` table per tenant. `matchbox tenant add` appends to it.
+//!
+//! ```toml
+//! [[tenant]]
+//! name = "acme"
+//! key_sha256 = "…64 hex digits…"   # never the key itself
+//! matchers = ["skills"]             # shared matchers it may use; omit for all
+//! concurrent_jobs = 2               # quotas; each omitted one is the host's own limit
+//! pending_tasks = 500
+//! memory = "64MiB"
+//! deadline = "5s"
+//! postings = 1000
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::keys;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsFile {
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantEntry>,
+}
+
+/// One `[[tenant]]` table, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantEntry {
+    pub name: String,
+    pub key_sha256: String,
+    /// Shared matchers (built-in and `--matchers-dir`) the tenant may use;
+    /// all of them when absent. Its own uploads are always its own to use.
+    #[serde(default)]
+    pub matchers: Option<Vec<String>>,
+    /// Jobs of this tenant running at once.
+    pub concurrent_jobs: Option<usize>,
+    /// Jobs of this tenant accepted and not yet ended.
+    pub pending_tasks: Option<usize>,
+    /// Linear memory of one of its instances, e.g. "64MiB".
+    pub memory: Option<String>,
+    /// Deadline of one of its jobs, e.g. "5s".
+    pub deadline: Option<String>,
+    /// Postings in one of its jobs.
+    pub postings: Option<usize>,
+}
+
+impl TenantsFile {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading the tenants file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}
+
+/// `matchbox tenant add`: what to write besides the name.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NewTenant {
+    /// Shared matchers the tenant may use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub matchers: Option<Vec<String>>,
+    /// Jobs of this tenant running at once.
+    #[arg(long)]
+    pub concurrent_jobs: Option<usize>,
+    /// Jobs of this tenant accepted and not yet ended.
+    #[arg(long)]
+    pub pending_tasks: Option<usize>,
+    /// Linear memory of one of its instances, e.g. 64MiB.
+    #[arg(long, value_parser = crate::config::parse_size)]
+    pub memory: Option<usize>,
+    /// Deadline of one of its jobs, e.g. 5s.
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub deadline: Option<std::time::Duration>,
+    /// Postings in one of its jobs.
+    #[arg(long)]
+    pub postings: Option<usize>,
+}
+
+/// Adds a tenant to the file at `path` (created if missing) with a fresh
+/// key, and returns the key: the only time it exists outside the caller's
+/// hands. The file keeps its comments and layout: the new table is
+/// appended, the whole is parsed again before it replaces the old file,
+/// and it is replaced atomically.
+pub fn add(path: &Path, name: &str, new: &NewTenant) -> anyhow::Result<String> {
+    super::check_name(name)?;
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+    };
+    let parsed = TenantsFile::parse(&old).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if parsed.tenants.iter().any(|t| t.name == name) {
+        anyhow::bail!("{} already has a tenant named '{name}'", path.display());
+    }
+    let key = keys::generate()?;
+    let mut text = old;
+    if text.is_empty() {
+        text.push_str("# matchbox tenants: `matchbox tenant add NAME --config FILE` appends to this file.\n");
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("\n[[tenant]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n", keys::KeyHash::of(&key).to_hex()));
+    if let Some(matchers) = &new.matchers {
+        for m in matchers {
+            crate::registry::check_name(m)?;
+        }
+        let list: Vec<String> = matchers.iter().map(|m| format!("\"{m}\"")).collect();
+        text.push_str(&format!("matchers = [{}]\n", list.join(", ")));
+    }
+    let numbers =
+        [("concurrent_jobs", new.concurrent_jobs), ("pending_tasks", new.pending_tasks), ("postings", new.postings)];
+    for (field, value) in numbers {
+        if let Some(value) = value {
+            text.push_str(&format!("{field} = {value}\n"));
+        }
+    }
+    if let Some(memory) = new.memory {
+        text.push_str(&format!("memory = \"{memory}\"\n"));
+    }
+    if let Some(deadline) = new.deadline {
+        text.push_str(&format!("deadline = \"{}\"\n", humantime::format_duration(deadline)));
+    }
+    TenantsFile::parse(&text).map_err(|e| anyhow::anyhow!("the new file would not parse (a bug): {e}"))?;
+
+    let tmp = crate::registry::storage::temporary_beside(path);
+    std::fs::write(&tmp, &text).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, meta.permissions())?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("replacing {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_appends_a_hash_and_keeps_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("matchbox.toml");
+        std::fs::write(&path, "# operators' notes\n").unwrap();
+        let key = add(&path, "acme", &NewTenant::default()).unwrap();
+        let new = NewTenant {
+            matchers: Some(vec!["skills".into()]),
+            concurrent_jobs: Some(2),
+            memory: Some(64 << 20),
+            deadline: Some(std::time::Duration::from_secs(5)),
+            ..NewTenant::default()
+        };
+        add(&path, "globex", &new).unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# operators' notes\n"), "{text}");
+        assert!(!text.contains(&key), "the key itself is never written");
+        let file = TenantsFile::parse(&text).unwrap();
+        assert_eq!(file.tenants.len(), 2);
+        assert!(keys::KeyHash::from_hex(&file.tenants[0].key_sha256).unwrap().matches(&keys::KeyHash::of(&key)));
+        let globex = &file.tenants[1];
+        assert_eq!(globex.matchers.as_deref(), Some(&["skills".to_string()][..]));
+        assert_eq!((globex.concurrent_jobs, globex.memory.as_deref()), (Some(2), Some("67108864")));
+        assert_eq!(globex.deadline.as_deref(), Some("5s"));
+
+        let again = add(&path, "acme", &NewTenant::default()).unwrap_err().to_string();
+        assert!(again.contains("already has a tenant named 'acme'"), "{again}");
+        assert!(add(&path, "Not A Name", &NewTenant::default()).is_err());
+        assert_eq!(TenantsFile::read(&path).unwrap().tenants.len(), 2, "failed adds change nothing");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = TenantsFile::parse("[[tenant]]\nname = \"a\"\nkey_sha256 = \"00\"\nmemroy = \"1MiB\"\n").unwrap_err();
+        assert!(err.contains("memroy"), "{err}");
+    }
+}
