@@ -5,7 +5,9 @@
 //! jobs in flight, live instances, resident memory) are read at scrape time,
 //! so they are never stale and cost nothing between scrapes.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +16,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::tasks::{TaskCounts, TaskStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
@@ -28,11 +32,17 @@ pub struct MatcherLabels {
     pub matcher: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
 /// What the host holds right now: read by `/metrics` at scrape time and
-/// reported by `/readyz`.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+/// reported by `/readyz` and `/status`.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct Present {
     pub tasks: u64,
+    pub tasks_by_status: TaskCounts,
     pub jobs_in_flight: u64,
     pub queued: u64,
     pub live_instances: u64,
@@ -45,6 +55,7 @@ pub struct Metrics {
     pub instantiate_seconds: Histogram,
     pub tasks_expired: Counter,
     tasks: Gauge,
+    tasks_by_status: Family<StatusLabels, Gauge>,
     jobs_in_flight: Gauge,
     queued: Gauge,
     live_instances: Gauge,
@@ -84,6 +95,8 @@ impl Metrics {
         );
         r.register("matchbox_tasks_expired", "Tasks deleted because their time to live lapsed", tasks_expired.clone());
         r.register("matchbox_tasks", "Tasks in the task table", tasks.clone());
+        let tasks_by_status = Family::<StatusLabels, Gauge>::default();
+        r.register("matchbox_tasks_by_status", "Tasks in the task table, by status", tasks_by_status.clone());
         r.register("matchbox_jobs_in_flight", "Jobs queued or running", jobs_in_flight.clone());
         r.register("matchbox_queue_depth", "Jobs waiting for a worker", queued.clone());
         r.register("matchbox_live_instances", "Matcher instances alive right now", live_instances.clone());
@@ -102,6 +115,7 @@ impl Metrics {
             instantiate_seconds,
             tasks_expired,
             tasks,
+            tasks_by_status,
             jobs_in_flight,
             queued,
             live_instances,
@@ -151,6 +165,10 @@ impl Metrics {
     /// The text exposition, with the present read in.
     pub fn render(&self, present: Present) -> String {
         self.tasks.set(present.tasks as i64);
+        for status in TaskStatus::ALL {
+            let count = present.tasks_by_status.get(status);
+            self.tasks_by_status.get_or_create(&StatusLabels { status: status.as_str() }).set(count as i64);
+        }
         self.observe_table(present.tasks);
         self.jobs_in_flight.set(present.jobs_in_flight as i64);
         self.queued.set(present.queued as i64);
@@ -165,9 +183,61 @@ impl Metrics {
 }
 
 /// This process's resident set, from `/proc/self/status` (Linux only).
-fn resident_memory_bytes() -> Option<u64> {
+pub fn resident_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// One reading of resident memory, for the status page's chart.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct MemorySample {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub resident_memory_bytes: u64,
+}
+
+/// Resident memory over the last minutes, sampled in the background so the
+/// status page has a history the moment it is opened.
+#[derive(Debug)]
+pub struct MemoryHistory {
+    samples: Mutex<VecDeque<MemorySample>>,
+    keep: usize,
+}
+
+impl MemoryHistory {
+    /// Every `every`, for `window`; sampling stops when the history is dropped.
+    /// Must be called inside a tokio runtime.
+    pub fn start(every: Duration, window: Duration) -> Arc<Self> {
+        let keep = (window.as_millis() / every.as_millis().max(1)).max(1) as usize;
+        let history = Arc::new(MemoryHistory { samples: Mutex::new(VecDeque::with_capacity(keep)), keep });
+        tokio::spawn(sample(Arc::downgrade(&history), every));
+        history
+    }
+
+    fn record(&self, sample: MemorySample) {
+        let mut samples = self.samples.lock().unwrap();
+        if samples.len() == self.keep {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// The samples, oldest first.
+    pub fn samples(&self) -> Vec<MemorySample> {
+        self.samples.lock().unwrap().iter().copied().collect()
+    }
+}
+
+async fn sample(history: Weak<MemoryHistory>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let Some(history) = history.upgrade() else { return };
+        let Some(rss) = resident_memory_bytes() else { return };
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        history.record(MemorySample { at_ms: at_ms.as_millis() as u64, resident_memory_bytes: rss });
+    }
 }

@@ -24,6 +24,8 @@ pub struct Matchbox {
     pub store: Arc<dyn TaskStore>,
     pub jobs: JobRunner,
     pub metrics: Arc<Metrics>,
+    /// Resident memory over the last minutes, for the status page.
+    pub memory_history: Arc<crate::metrics::MemoryHistory>,
     pub tenants: Tenants,
     /// Set when shutdown begins: submissions are refused from then on.
     draining: AtomicBool,
@@ -90,6 +92,7 @@ impl Matchbox {
             store,
             jobs,
             metrics,
+            memory_history: crate::metrics::MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600)),
             tenants,
             draining: AtomicBool::new(false),
         }))
@@ -204,8 +207,10 @@ impl Matchbox {
 
     /// What the host holds right now.
     pub async fn present(&self) -> Result<crate::metrics::Present, StoreError> {
+        let by_status = self.store.counts().await?;
         Ok(crate::metrics::Present {
-            tasks: self.store.count().await? as u64,
+            tasks: by_status.total(),
+            tasks_by_status: by_status,
             jobs_in_flight: self.jobs.tracker().len() as u64,
             queued: self.jobs.queue().len() as u64,
             live_instances: self.sandbox.live().get() as u64,

@@ -2,22 +2,25 @@
 //! rejections leave through [`ApiError`] like every other error.
 
 mod error;
+mod status;
 pub mod types;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 use types::{Accepted, Caps, MatchRequest};
 
 use crate::registry::MatcherSummary;
@@ -46,34 +49,104 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The OpenAPI document's parts that no route carries: title, the bearer
+/// scheme, the error body.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "matchbox",
+        description = "Job matching in sandboxed WebAssembly matchers: submit a candidate and postings, read the ranked result from an expiring task."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A tenant's key; only on hosts with a tenants file (--config)."))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, each registered together with its OpenAPI operation, so the
+/// document cannot leave one out.
+fn routes(max_component_size: usize) -> OpenApiRouter<AppState> {
+    let (schemas, paths, matcher) = routes!(get_matcher, upload_matcher, remove_matcher);
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(submit))
+        .routes(routes!(get_task, delete_task))
+        .routes(routes!(list_matchers))
+        .routes((schemas, paths, matcher.layer(DefaultBodyLimit::max(max_component_size))))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(status::report))
+        .routes(routes!(status::page))
+        .routes(routes!(openapi_json))
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(0).into_openapi()
+}
+
 /// The router over `state`; tests call it with `oneshot`, without a socket.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body;
-    Router::new()
-        .route("/jobs/match", post(submit))
-        .route("/tasks/{id}", get(get_task).delete(delete_task))
-        .route("/matchers", get(list_matchers))
-        .route(
-            "/matchers/{name}",
-            get(get_matcher)
-                .put(upload_matcher)
-                .delete(remove_matcher)
-                .layer(DefaultBodyLimit::max(state.config.max_component_size)),
-        )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
+    let (router, document) = routes(state.config.max_component_size).split_for_parts();
+    let document = Arc::new(document.to_json().expect("the OpenAPI document serialises"));
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(OpenApiJson(document)))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone)]
+struct OpenApiJson(Arc<String>);
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")))]
+async fn openapi_json(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document.as_str().to_owned()).into_response()
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SubmitQuery {
+    /// Wait up to this long (e.g. `2s`, at most `--max-wait`) for the job to
+    /// end; the task comes back with 200 if it does.
     wait: Option<String>,
 }
 
+/// Submit a matching job.
+#[utoipa::path(post, path = "/jobs/match", tag = "jobs", params(SubmitQuery), request_body = MatchRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Accepted; read the task at Location", body = Accepted),
+        (status = 200, description = "With ?wait: the job ended in time", body = Task),
+        (status = 400, description = "Malformed JSON or a bad ?wait", body = ErrorBody),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 413, description = "A body, list or string over its cap", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "A missing or wrong field, an unknown matcher, a value out of range", body = ErrorBody),
+        (status = 429, description = "The queue or table is full, or the tenant is at its quota", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the task store cannot answer", body = ErrorBody),
+    ))]
 async fn submit(
     State(app): State<AppState>,
     Caller(tenant): Caller,
@@ -129,6 +202,16 @@ fn parse_task_id(raw: &str) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_task_id", format!("'{raw}' is not a task id (a UUID)")))
 }
 
+/// A task: its status and, once it has ended, its result or error.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The task", body = Task),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 404, description = "No such task (or another tenant's)", body = ErrorBody),
+        (status = 410, description = "The task's time to live has lapsed", body = ErrorBody),
+    ))]
 async fn get_task(
     State(app): State<AppState>,
     Caller(tenant): Caller,
@@ -138,6 +221,16 @@ async fn get_task(
     Ok(Json(app.task(&tenant, id).await?))
 }
 
+/// Cancel a task's job if it is queued or running, and delete the task.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Cancelled and deleted"),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 404, description = "No such task (or another tenant's)", body = ErrorBody),
+        (status = 410, description = "The task's time to live has lapsed", body = ErrorBody),
+    ))]
 async fn delete_task(
     State(app): State<AppState>,
     Caller(tenant): Caller,
@@ -148,11 +241,29 @@ async fn delete_task(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_matchers(State(app): State<AppState>, Caller(tenant): Caller) -> Json<serde_json::Value> {
-    let matchers: Vec<MatcherSummary> = app.registry.list(&tenant).iter().map(|m| m.summary()).collect();
-    Json(serde_json::json!({ "matchers": matchers }))
+#[derive(Serialize, utoipa::ToSchema)]
+struct MatcherList {
+    matchers: Vec<MatcherSummary>,
 }
 
+/// The matchers the caller may use.
+#[utoipa::path(get, path = "/matchers", tag = "matchers", security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Shared matchers the caller may use and its own uploads", body = MatcherList),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+    ))]
+async fn list_matchers(State(app): State<AppState>, Caller(tenant): Caller) -> Json<MatcherList> {
+    Json(MatcherList { matchers: app.registry.list(&tenant).iter().map(|m| m.summary()).collect() })
+}
+
+/// One matcher.
+#[utoipa::path(get, path = "/matchers/{name}", tag = "matchers", params(("name" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The matcher", body = MatcherSummary),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 404, description = "No such matcher (or another tenant's)", body = ErrorBody),
+    ))]
 async fn get_matcher(
     State(app): State<AppState>,
     Caller(tenant): Caller,
@@ -166,8 +277,20 @@ fn unknown_matcher(name: &str) -> ApiError {
     ApiError::not_found("matcher_not_found", format!("no matcher named '{name}'"))
 }
 
-/// `PUT /matchers/{name}`: the body is the component's bytes. `201` for a new
+/// Upload a matcher: the body is the component's bytes. `201` for a new
 /// name, `200` when it replaced an upload (or was already there).
+#[utoipa::path(put, path = "/matchers/{name}", tag = "matchers", params(("name" = String, Path)),
+    security(("api_key" = [])),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "A WebAssembly component"),
+    responses(
+        (status = 201, description = "Registered under a new name", body = MatcherSummary),
+        (status = 200, description = "Replaced an upload of that name", body = MatcherSummary),
+        (status = 400, description = "Not a valid matcher name", body = ErrorBody),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 409, description = "A built-in, directory or shared matcher", body = ErrorBody),
+        (status = 413, description = "Over --max-component-size", body = ErrorBody),
+        (status = 422, description = "Not a component, does not compile, wrong world, or info() failed", body = ErrorBody),
+    ))]
 async fn upload_matcher(
     State(app): State<AppState>,
     Caller(tenant): Caller,
@@ -191,6 +314,15 @@ async fn upload_matcher(
     Ok((status, [(header::LOCATION, location)], Json(matcher.summary())).into_response())
 }
 
+/// Remove an upload. Jobs already running on it finish on it.
+#[utoipa::path(delete, path = "/matchers/{name}", tag = "matchers", params(("name" = String, Path)),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 404, description = "No such matcher (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "A built-in, directory or shared matcher", body = ErrorBody),
+    ))]
 async fn remove_matcher(
     State(app): State<AppState>,
     Caller(tenant): Caller,
@@ -200,26 +332,50 @@ async fn remove_matcher(
 }
 
 /// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
+        (status = 503, description = "The task store cannot answer", body = ErrorBody),
+    ))]
 async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
     let present = app.present().await?;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(header::CONTENT_TYPE, content_type)], app.metrics.render(present)).into_response())
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`
+    status: &'static str,
 }
 
-/// Ready when the task store answers; the body carries the figures an
-/// operator (or the soak test) checks first.
-async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Ready {
+    /// `ready`
+    status: &'static str,
+    #[serde(flatten)]
+    present: crate::metrics::Present,
+}
+
+/// Readiness: the task store answers and the host is not draining. The body
+/// carries the figures an operator (or the soak test) checks first.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Ready),
+        (status = 503, description = "Draining, or the task store cannot answer", body = ErrorBody),
+    ))]
+async fn readyz(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if app.is_draining() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "this host is draining"));
     }
     app.store.check().await?;
-    let mut body = serde_json::to_value(app.present().await?).expect("plain numbers serialise");
-    body["status"] = "ready".into();
-    Ok(Json(body))
+    Ok(Json(Ready { status: "ready", present: app.present().await? }))
 }
 
 async fn not_found() -> ApiError {

@@ -27,7 +27,7 @@ pub const MAX_LIST_ITEMS: usize = 256;
 pub const MAX_TOP_K: u32 = 1000;
 pub const DEFAULT_TOP_K: u32 = 10;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchRequest {
     /// A matcher name; the default matcher when absent.
@@ -39,7 +39,7 @@ pub struct MatchRequest {
     pub options: OptionsIn,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SkillIn {
     pub name: String,
@@ -51,7 +51,7 @@ fn one() -> f32 {
     1.0
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateIn {
     pub id: String,
@@ -69,7 +69,7 @@ pub struct CandidateIn {
     pub summary: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostingIn {
     pub id: String,
@@ -93,7 +93,7 @@ pub struct PostingIn {
     pub salary_max: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptionsIn {
     #[serde(default = "default_top_k")]
@@ -113,14 +113,17 @@ impl Default for OptionsIn {
 }
 
 /// The answer to an accepted submission (202).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
+    #[schema(value_type = String, format = Uuid)]
     pub task_id: TaskId,
     pub status: TaskStatus,
     pub matcher: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
 }
 

@@ -65,7 +65,7 @@ pub const MAX_NAME_LEN: usize = 64;
 const MAX_VERSION_LEN: usize = 64;
 const MAX_DESCRIPTION_LEN: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Builtin,
@@ -93,7 +93,7 @@ impl std::fmt::Debug for Matcher {
 }
 
 /// What `GET /matchers` says of a matcher.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MatcherSummary {
     pub name: String,
     /// Whether it is the caller's own upload rather than a shared matcher.

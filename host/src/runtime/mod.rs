@@ -84,7 +84,7 @@ pub struct JobInput {
 }
 
 /// Why a job failed. Each names a cause a person can act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// The matcher refused the input (`invalid-input`): the caller's fault.

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Clock, StoreError, Task, TaskError, TaskOutcome, TaskStatus, TaskStore};
+use super::{Clock, StoreError, Task, TaskCounts, TaskError, TaskOutcome, TaskStatus, TaskStore};
 use crate::runtime::FailureKind;
 use crate::tasks::Ranking;
 
@@ -22,6 +22,7 @@ where
     const LONG: Duration = Duration::from_secs(3600);
     round_trip(make(16, LONG).await).await;
     transitions_happen_once(make(16, LONG).await).await;
+    counts_follow_every_change(make(16, Duration::from_secs(2)).await).await;
     unknown_ids_are_refused(make(16, LONG).await).await;
     capacity_is_enforced(make(3, LONG).await).await;
     expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
@@ -77,6 +78,40 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     assert_eq!(failed.status, TaskStatus::Failed);
     assert_eq!(failed.error, Some(error));
     assert_eq!(failed.result, None);
+}
+
+async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    let counts =
+        |pending, running, completed, failed, cancelled| TaskCounts { pending, running, completed, failed, cancelled };
+    let tasks: Vec<Task> = (0..4).map(|_| pending(&*store, &clock)).collect();
+    for task in &tasks {
+        store.insert(task.clone()).await.unwrap();
+    }
+    let id = |i: usize| tasks[i].task_id;
+    assert_eq!(store.counts().await.unwrap(), counts(4, 0, 0, 0, 0));
+    store.start(id(0)).await.unwrap();
+    store.start(id(1)).await.unwrap();
+    assert!(!store.start(id(1)).await.unwrap());
+    assert_eq!(store.counts().await.unwrap(), counts(2, 2, 0, 0, 0));
+    store.finish(id(0), TaskOutcome::Completed(vec![])).await.unwrap();
+    let error = TaskError { kind: FailureKind::Trap, message: "trap".into() };
+    store.finish(id(1), TaskOutcome::Failed(error)).await.unwrap();
+    store.finish(id(2), TaskOutcome::Cancelled).await.unwrap();
+    assert!(!store.finish(id(2), TaskOutcome::Completed(vec![])).await.unwrap());
+    assert_eq!(store.counts().await.unwrap(), counts(1, 0, 1, 1, 1));
+    store.remove(id(3)).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), counts(0, 0, 1, 1, 1));
+    assert_eq!(store.counts().await.unwrap().total(), store.count().await.unwrap() as u64);
+
+    // Expiry takes tasks out of the counts too.
+    tokio::time::sleep(store.ttl()).await;
+    let grace = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.count().await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < grace, "tasks still present 5 s after their time to live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.counts().await.unwrap(), TaskCounts::default());
 }
 
 async fn unknown_ids_are_refused(store: Arc<dyn TaskStore>) {

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Clock, StoreError, Task, TaskId, TaskOutcome, TaskStatus, TaskStore};
+use super::{Clock, StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskStatus, TaskStore};
 
 /// Told the ids of tasks the purge deleted, after the lock is released, so
 /// that jobs still running for them can be cancelled.
@@ -52,6 +52,8 @@ struct Shared {
 struct State {
     tasks: HashMap<TaskId, Entry>,
     expirations: BTreeSet<(Instant, TaskId)>,
+    /// Kept up to date at every change, so reading it never scans the table.
+    by_status: TaskCounts,
 }
 
 struct Entry {
@@ -97,7 +99,9 @@ impl State {
                 break;
             }
             self.expirations.pop_first();
-            self.tasks.remove(&id);
+            if let Some(entry) = self.tasks.remove(&id) {
+                self.by_status.take(entry.task.status);
+            }
             expired.push(id);
         }
         if !expired.is_empty() {
@@ -146,6 +150,7 @@ impl TaskStore for MemoryStore {
         // Only an entry that becomes the earliest changes when the purge
         // must wake; with one TTL for all, that is only the first one.
         let earliest = state.expirations.first().is_none_or(|&(when, _)| expires < when);
+        state.by_status.add(task.status);
         state.tasks.insert(id, Entry { task, expires });
         state.expirations.insert((expires, id));
         drop(state);
@@ -162,10 +167,12 @@ impl TaskStore for MemoryStore {
     async fn start(&self, id: TaskId) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
         match state.tasks.get_mut(&id) {
             Some(entry) if entry.task.status == TaskStatus::Pending => {
                 entry.task.status = TaskStatus::Running;
                 entry.task.touch(now);
+                state.by_status.moved(TaskStatus::Pending, TaskStatus::Running);
                 Ok(true)
             }
             _ => Ok(false),
@@ -175,9 +182,12 @@ impl TaskStore for MemoryStore {
     async fn finish(&self, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
         match state.tasks.get_mut(&id) {
             Some(entry) if !entry.task.status.is_terminal() => {
+                let from = entry.task.status;
                 entry.task.apply(outcome, now);
+                state.by_status.moved(from, entry.task.status);
                 Ok(true)
             }
             _ => Ok(false),
@@ -188,11 +198,16 @@ impl TaskStore for MemoryStore {
         let mut state = self.shared.state.lock().unwrap();
         let Some(entry) = state.tasks.remove(&id) else { return Ok(false) };
         state.expirations.remove(&(entry.expires, id));
+        state.by_status.take(entry.task.status);
         Ok(true)
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.shared.state.lock().unwrap().tasks.len())
+    }
+
+    async fn counts(&self) -> Result<TaskCounts, StoreError> {
+        Ok(self.shared.state.lock().unwrap().by_status)
     }
 
     async fn check(&self) -> Result<(), StoreError> {

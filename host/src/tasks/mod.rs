@@ -41,7 +41,7 @@ pub(crate) fn give_back_spare_capacity<K: std::hash::Hash + Eq, V>(map: &mut std
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Pending,
@@ -52,25 +52,90 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    pub const ALL: [TaskStatus; 5] =
+        [TaskStatus::Pending, TaskStatus::Running, TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Cancelled];
+
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Tasks held, by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TaskCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl TaskCounts {
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.completed + self.failed + self.cancelled
+    }
+
+    pub fn get(&self, status: TaskStatus) -> u64 {
+        match status {
+            TaskStatus::Pending => self.pending,
+            TaskStatus::Running => self.running,
+            TaskStatus::Completed => self.completed,
+            TaskStatus::Failed => self.failed,
+            TaskStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    fn slot(&mut self, status: TaskStatus) -> &mut u64 {
+        match status {
+            TaskStatus::Pending => &mut self.pending,
+            TaskStatus::Running => &mut self.running,
+            TaskStatus::Completed => &mut self.completed,
+            TaskStatus::Failed => &mut self.failed,
+            TaskStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// Counts a task that arrived in `status`.
+    pub fn add(&mut self, status: TaskStatus) {
+        *self.slot(status) += 1;
+    }
+
+    /// Forgets a task that was in `status`.
+    pub fn take(&mut self, status: TaskStatus) {
+        *self.slot(status) -= 1;
+    }
+
+    /// Counts a task moving from one status to another.
+    pub fn moved(&mut self, from: TaskStatus, to: TaskStatus) {
+        self.take(from);
+        self.add(to);
     }
 }
 
 /// One scored posting, as stored and as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ranking {
     pub posting_id: String,
     pub score: f32,
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     pub rankings: Vec<Ranking>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskError {
     pub kind: FailureKind,
     pub message: String,
@@ -101,22 +166,30 @@ impl TaskOutcome {
 }
 
 /// A task as the table holds it and the API serves it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
+    #[schema(value_type = String, format = Uuid)]
     pub task_id: TaskId,
     /// The tenant that submitted it: the only one that can see it.
     pub tenant: String,
     pub status: TaskStatus,
     pub matcher: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
+    /// The rankings, once completed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(required = false)]
     pub result: Option<TaskResult>,
+    /// Why it failed, once failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(required = false)]
     pub error: Option<TaskError>,
 }
 
@@ -190,6 +263,9 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Tasks held right now.
     async fn count(&self) -> Result<usize, StoreError>;
+
+    /// Tasks held right now, by status.
+    async fn counts(&self) -> Result<TaskCounts, StoreError>;
 
     /// Whether the backend can serve requests (for `/readyz`).
     async fn check(&self) -> Result<(), StoreError>;

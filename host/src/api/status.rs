@@ -1,0 +1,68 @@
+//! The live status page (`GET /`) and the figures it shows (`GET /status`).
+//!
+//! The page is one self-contained HTML file (no scripts, styles or fonts
+//! from anywhere else) that reads `/status` every two seconds. Like
+//! `/metrics`, both are for operators and need no key; they show counts and
+//! the shared matchers only, never a tenant's tasks or uploads.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::Html;
+use serde::Serialize;
+
+use super::{ApiError, AppState, ErrorBody};
+use crate::metrics::{MemorySample, Present};
+use crate::registry::MatcherSummary;
+
+const PAGE: &str = include_str!("status.html");
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusReport {
+    /// Tasks held, by status, and their total.
+    tasks: TaskFigures,
+    jobs_in_flight: u64,
+    queued: u64,
+    live_instances: u64,
+    resident_memory_bytes: u64,
+    /// Resident memory over the last ten minutes, oldest first.
+    memory_history: Vec<MemorySample>,
+    /// The shared matchers (built-in and directory ones).
+    matchers: Vec<MatcherSummary>,
+    /// Whether the host is shutting down.
+    draining: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct TaskFigures {
+    total: u64,
+    #[serde(flatten)]
+    by_status: crate::tasks::TaskCounts,
+}
+
+/// The figures of the status page.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses(
+        (status = 200, description = "What the host holds right now", body = StatusReport),
+        (status = 503, description = "The task store cannot answer", body = ErrorBody),
+    ))]
+pub async fn report(State(app): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
+    let Present { tasks, tasks_by_status, jobs_in_flight, queued, live_instances } = app.present().await?;
+    let shared = app.registry.names().iter().filter_map(|name| app.registry.get(name)).map(|m| m.summary()).collect();
+    Ok(Json(StatusReport {
+        tasks: TaskFigures { total: tasks, by_status: tasks_by_status },
+        jobs_in_flight,
+        queued,
+        live_instances,
+        resident_memory_bytes: crate::metrics::resident_memory_bytes().unwrap_or(0),
+        memory_history: app.memory_history.samples(),
+        matchers: shared,
+        draining: app.is_draining(),
+    }))
+}
+
+/// The live status page.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "A self-contained HTML page", body = String, content_type = "text/html")))]
+pub async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
