@@ -37,6 +37,15 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MAX_TASKS", default_value_t = 100_000)]
     pub max_tasks: usize,
 
+    /// Where the task table lives: `memory` (this process), or a Redis URL
+    /// (`redis://host:6379/0`) for a table that outlives the process.
+    #[arg(long, env = "MATCHBOX_STORE", default_value = "memory")]
+    pub store: String,
+
+    /// Prefix of every Redis key: hosts with the same prefix share a table.
+    #[arg(long, env = "MATCHBOX_REDIS_PREFIX", default_value = "matchbox")]
+    pub redis_prefix: String,
+
     /// Jobs run at once (default: the number of CPU cores).
     #[arg(long, env = "MATCHBOX_WORKERS")]
     pub workers: Option<usize>,

@@ -13,7 +13,7 @@ use crate::jobs::{Job, JobRunner, JobTracker};
 use crate::metrics::Metrics;
 use crate::registry::{DEFAULT_MATCHER, MatcherRegistry, ResolveError};
 use crate::runtime::{JobInput, Sandbox};
-use crate::tasks::{Clock, MemoryStore, OnExpire, StoreError, Task, TaskId, TaskStore};
+use crate::tasks::{Clock, MemoryStore, OnExpire, RedisStore, StoreError, Task, TaskId, TaskStore};
 use crate::tenants::{Tenant, Tenants};
 
 pub struct Matchbox {
@@ -80,7 +80,18 @@ impl Matchbox {
                 }
             })
         };
-        let store: Arc<dyn TaskStore> = Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire));
+        let store: Arc<dyn TaskStore> = match config.store.as_str() {
+            "memory" => Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire)),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                let store = RedisStore::open(url, &config.redis_prefix, config.max_tasks, config.task_ttl)?;
+                if let Err(err) = store.check().await {
+                    tracing::warn!(%err, "Redis does not answer yet; not ready until it does");
+                }
+                Arc::new(store)
+            }
+            other => anyhow::bail!("--store '{other}': use 'memory' or a redis:// URL"),
+        };
+        tokio::spawn(stop_jobs_of_lost_tasks(Arc::downgrade(&tracker), Arc::downgrade(&store), metrics.clone()));
         let jobs =
             JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone(), metrics.clone())
                 .context("starting the job workers")?;
@@ -127,7 +138,7 @@ impl Matchbox {
         let id = task.task_id;
         let span = tracing::info_span!("task", task_id = %id, tenant = %tenant.name, matcher = %matcher.name);
         // Tracked before it is stored, so an expiry can never miss it.
-        let (cancel, _done) = self.jobs.tracker().track(id);
+        let (cancel, _done) = self.jobs.tracker().track(&tenant.name, id);
         if let Err(err) = self.store.insert(task.clone()).instrument(span.clone()).await {
             self.jobs.tracker().finished(id);
             return Err(err.into());
@@ -154,18 +165,15 @@ impl Matchbox {
     /// older than the time to live) or never known here. Another tenant's
     /// task is answered exactly as an unknown one.
     pub async fn task(&self, tenant: &Tenant, id: TaskId) -> Result<Task, LookupError> {
-        match self.store.get(id).await? {
-            Some(task) if *task.tenant == *tenant.name => Ok(task),
-            _ => Err(self.missing(id)),
+        match self.store.get(&tenant.name, id).await? {
+            Some(task) => Ok(task),
+            None => Err(self.missing(id)),
         }
     }
 
     /// Cancels `tenant`'s job still queued or running and deletes its task.
     pub async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<(), LookupError> {
-        // Ownership never changes, so checking it first and removing second
-        // cannot delete another tenant's task.
-        self.task(tenant, id).await?;
-        if !self.store.remove(id).await? {
+        if !self.store.remove(&tenant.name, id).await? {
             return Err(self.missing(id));
         }
         self.jobs.tracker().cancel(id);
@@ -219,5 +227,41 @@ impl Matchbox {
 
     fn missing(&self, id: TaskId) -> LookupError {
         if self.clock.has_expired(&id, self.store.ttl()) { LookupError::Gone(id) } else { LookupError::NotFound(id) }
+    }
+}
+
+/// How often the host asks a store that does not report expiry (Redis)
+/// whether the tasks of its jobs in flight still exist.
+const LOST_TASK_CHECK: Duration = Duration::from_millis(250);
+
+/// Stops jobs whose task is gone from the store: expired there, or deleted
+/// by another host. The memory store reports its own expiries as they
+/// happen (`OnExpire`), so for it this finds nothing.
+async fn stop_jobs_of_lost_tasks(
+    tracker: std::sync::Weak<JobTracker>,
+    store: std::sync::Weak<dyn TaskStore>,
+    metrics: Arc<Metrics>,
+) {
+    let mut ticks = tokio::time::interval(LOST_TASK_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let (Some(tracker), Some(store)) = (tracker.upgrade(), store.upgrade()) else { return };
+        let in_flight = tracker.in_flight();
+        if in_flight.is_empty() {
+            continue;
+        }
+        match store.gone(&in_flight).await {
+            Ok(gone) => {
+                for id in gone {
+                    if tracker.cancel(id) {
+                        metrics.tasks_expired.inc();
+                        tracing::info!(task_id = %id, "the task is gone from the store while its job was in flight; cancelled it");
+                    }
+                }
+            }
+            // Not ready meanwhile; the next tick asks again.
+            Err(err) => tracing::debug!(%err, "could not check the tasks in flight"),
+        }
     }
 }

@@ -54,28 +54,31 @@ pub struct JobTracker {
 }
 
 struct Tracked {
+    tenant: LaneId,
     cancel: CancellationToken,
     done: CancellationToken,
 }
 
 impl JobTracker {
-    /// Starts tracking a job; returns its cancel token and its done signal.
-    pub fn track(&self, id: TaskId) -> (CancellationToken, CancellationToken) {
-        let tracked = Tracked { cancel: CancellationToken::new(), done: CancellationToken::new() };
+    /// Starts tracking `tenant`'s job; returns its cancel token and its done
+    /// signal.
+    pub fn track(&self, tenant: &LaneId, id: TaskId) -> (CancellationToken, CancellationToken) {
+        let tracked =
+            Tracked { tenant: tenant.clone(), cancel: CancellationToken::new(), done: CancellationToken::new() };
         let tokens = (tracked.cancel.clone(), tracked.done.clone());
         self.jobs.lock().unwrap().insert(id, tracked);
         tokens
     }
 
-    /// Cancels a job if it is queued or running here. A running guest stops
-    /// within one epoch tick.
+    /// Cancels a job if it is queued or running here; whether this call
+    /// cancelled it. A running guest stops within one epoch tick.
     pub fn cancel(&self, id: TaskId) -> bool {
         match self.jobs.lock().unwrap().get(&id) {
-            Some(t) => {
+            Some(t) if !t.cancel.is_cancelled() => {
                 t.cancel.cancel();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -119,6 +122,11 @@ impl JobTracker {
             }
             emptied.await;
         }
+    }
+
+    /// The tenant and task of every job queued or running.
+    pub fn in_flight(&self) -> Vec<(String, TaskId)> {
+        self.jobs.lock().unwrap().iter().map(|(id, t)| (t.tenant.to_string(), *id)).collect()
     }
 
     /// Jobs queued or running.
@@ -225,7 +233,7 @@ async fn run_one(job: Job, w: &Worker) {
         // Deleted or expired while it waited: its entry is already gone.
         return;
     }
-    match store.start(id).await {
+    match store.start(&job.tenant, id).await {
         Ok(true) => {}
         Ok(false) => return,
         Err(err) => {
@@ -271,7 +279,7 @@ async fn run_one(job: Job, w: &Worker) {
             TaskOutcome::Failed(failure.into())
         }
     };
-    if let Err(err) = store.finish(id, outcome).await {
+    if let Err(err) = store.finish(&tenant, id, outcome).await {
         tracing::warn!(%err, "could not write the job's outcome");
     }
     drop(admission);

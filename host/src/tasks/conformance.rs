@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Clock, StoreError, Task, TaskCounts, TaskError, TaskOutcome, TaskStatus, TaskStore};
+use super::{Clock, StoreError, Task, TaskCounts, TaskError, TaskId, TaskOutcome, TaskStatus, TaskStore};
 use crate::runtime::FailureKind;
 use crate::tasks::Ranking;
 
@@ -23,13 +23,16 @@ where
     round_trip(make(16, LONG).await).await;
     transitions_happen_once(make(16, LONG).await).await;
     counts_follow_every_change(make(16, Duration::from_secs(2)).await).await;
+    tenants_never_see_each_others_tasks(make(16, LONG).await).await;
     unknown_ids_are_refused(make(16, LONG).await).await;
     capacity_is_enforced(make(3, LONG).await).await;
     expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
 }
 
+const TENANT: &str = "default";
+
 fn pending(store: &dyn TaskStore, clock: &Clock) -> Task {
-    Task::pending(clock.new_task_id(), "default".into(), "skills".into(), clock.now(), store.ttl())
+    Task::pending(clock.new_task_id(), TENANT.into(), "skills".into(), clock.now(), store.ttl())
 }
 
 async fn round_trip(store: Arc<dyn TaskStore>) {
@@ -37,12 +40,12 @@ async fn round_trip(store: Arc<dyn TaskStore>) {
     store.check().await.expect("a fresh store is ready");
     let task = pending(&*store, &clock);
     store.insert(task.clone()).await.unwrap();
-    assert_eq!(store.get(task.task_id).await.unwrap(), Some(task.clone()));
+    assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), Some(task.clone()));
     assert_eq!(store.count().await.unwrap(), 1);
     assert_eq!(store.insert(task.clone()).await, Err(StoreError::Duplicate(task.task_id)));
-    assert!(store.remove(task.task_id).await.unwrap());
-    assert_eq!(store.get(task.task_id).await.unwrap(), None);
-    assert!(!store.remove(task.task_id).await.unwrap(), "a second remove finds nothing");
+    assert!(store.remove(TENANT, task.task_id).await.unwrap());
+    assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), None);
+    assert!(!store.remove(TENANT, task.task_id).await.unwrap(), "a second remove finds nothing");
     assert_eq!(store.count().await.unwrap(), 0);
 }
 
@@ -52,17 +55,17 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     let id = task.task_id;
     store.insert(task.clone()).await.unwrap();
 
-    assert!(store.start(id).await.unwrap());
-    assert!(!store.start(id).await.unwrap(), "a task starts once");
-    assert_eq!(store.get(id).await.unwrap().unwrap().status, TaskStatus::Running);
+    assert!(store.start(TENANT, id).await.unwrap());
+    assert!(!store.start(TENANT, id).await.unwrap(), "a task starts once");
+    assert_eq!(store.get(TENANT, id).await.unwrap().unwrap().status, TaskStatus::Running);
 
     let rankings = vec![Ranking { posting_id: "p1".into(), score: 0.75, reasons: vec!["3/4 required skills".into()] }];
-    assert!(store.finish(id, TaskOutcome::Completed(rankings.clone())).await.unwrap());
+    assert!(store.finish(TENANT, id, TaskOutcome::Completed(rankings.clone())).await.unwrap());
     let late = TaskOutcome::Failed(TaskError { kind: FailureKind::Trap, message: "late".into() });
-    assert!(!store.finish(id, late).await.unwrap(), "a result is written once");
-    assert!(!store.start(id).await.unwrap(), "an ended task does not restart");
+    assert!(!store.finish(TENANT, id, late).await.unwrap(), "a result is written once");
+    assert!(!store.start(TENANT, id).await.unwrap(), "an ended task does not restart");
 
-    let done = store.get(id).await.unwrap().unwrap();
+    let done = store.get(TENANT, id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(done.result.unwrap().rankings, rankings);
     assert_eq!(done.error, None);
@@ -73,8 +76,8 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     let early = pending(&*store, &clock);
     store.insert(early.clone()).await.unwrap();
     let error = TaskError { kind: FailureKind::Unavailable, message: "matcher removed".into() };
-    assert!(store.finish(early.task_id, TaskOutcome::Failed(error.clone())).await.unwrap());
-    let failed = store.get(early.task_id).await.unwrap().unwrap();
+    assert!(store.finish(TENANT, early.task_id, TaskOutcome::Failed(error.clone())).await.unwrap());
+    let failed = store.get(TENANT, early.task_id).await.unwrap().unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
     assert_eq!(failed.error, Some(error));
     assert_eq!(failed.result, None);
@@ -90,17 +93,17 @@ async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
     }
     let id = |i: usize| tasks[i].task_id;
     assert_eq!(store.counts().await.unwrap(), counts(4, 0, 0, 0, 0));
-    store.start(id(0)).await.unwrap();
-    store.start(id(1)).await.unwrap();
-    assert!(!store.start(id(1)).await.unwrap());
+    store.start(TENANT, id(0)).await.unwrap();
+    store.start(TENANT, id(1)).await.unwrap();
+    assert!(!store.start(TENANT, id(1)).await.unwrap());
     assert_eq!(store.counts().await.unwrap(), counts(2, 2, 0, 0, 0));
-    store.finish(id(0), TaskOutcome::Completed(vec![])).await.unwrap();
+    store.finish(TENANT, id(0), TaskOutcome::Completed(vec![])).await.unwrap();
     let error = TaskError { kind: FailureKind::Trap, message: "trap".into() };
-    store.finish(id(1), TaskOutcome::Failed(error)).await.unwrap();
-    store.finish(id(2), TaskOutcome::Cancelled).await.unwrap();
-    assert!(!store.finish(id(2), TaskOutcome::Completed(vec![])).await.unwrap());
+    store.finish(TENANT, id(1), TaskOutcome::Failed(error)).await.unwrap();
+    store.finish(TENANT, id(2), TaskOutcome::Cancelled).await.unwrap();
+    assert!(!store.finish(TENANT, id(2), TaskOutcome::Completed(vec![])).await.unwrap());
     assert_eq!(store.counts().await.unwrap(), counts(1, 0, 1, 1, 1));
-    store.remove(id(3)).await.unwrap();
+    store.remove(TENANT, id(3)).await.unwrap();
     assert_eq!(store.counts().await.unwrap(), counts(0, 0, 1, 1, 1));
     assert_eq!(store.counts().await.unwrap().total(), store.count().await.unwrap() as u64);
 
@@ -114,12 +117,26 @@ async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
     assert_eq!(store.counts().await.unwrap(), TaskCounts::default());
 }
 
+async fn tenants_never_see_each_others_tasks(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    let task = pending(&*store, &clock);
+    let id = task.task_id;
+    store.insert(task.clone()).await.unwrap();
+    let other = "another-tenant";
+    assert_eq!(store.get(other, id).await.unwrap(), None);
+    assert!(!store.start(other, id).await.unwrap());
+    assert!(!store.finish(other, id, TaskOutcome::Cancelled).await.unwrap());
+    assert!(!store.remove(other, id).await.unwrap());
+    assert_eq!(store.get(TENANT, id).await.unwrap(), Some(task), "untouched by the other tenant");
+    assert_eq!(store.gone(&[(TENANT.into(), id)]).await.unwrap(), Vec::<TaskId>::new());
+}
+
 async fn unknown_ids_are_refused(store: Arc<dyn TaskStore>) {
     let id = Clock::new().new_task_id();
-    assert_eq!(store.get(id).await.unwrap(), None);
-    assert!(!store.start(id).await.unwrap());
-    assert!(!store.finish(id, TaskOutcome::Cancelled).await.unwrap());
-    assert!(!store.remove(id).await.unwrap());
+    assert_eq!(store.get(TENANT, id).await.unwrap(), None);
+    assert!(!store.start(TENANT, id).await.unwrap());
+    assert!(!store.finish(TENANT, id, TaskOutcome::Cancelled).await.unwrap());
+    assert!(!store.remove(TENANT, id).await.unwrap());
     assert_eq!(store.count().await.unwrap(), 0, "nothing was created by touching an unknown id");
 }
 
@@ -134,11 +151,11 @@ async fn capacity_is_enforced(store: Arc<dyn TaskStore>) {
     }
     let refused = pending(&*store, &clock);
     assert_eq!(store.insert(refused.clone()).await, Err(StoreError::Full { capacity: 3 }));
-    assert_eq!(store.get(refused.task_id).await.unwrap(), None);
+    assert_eq!(store.get(TENANT, refused.task_id).await.unwrap(), None);
     for id in &ids {
-        assert!(store.get(*id).await.unwrap().is_some(), "a full table loses nothing it accepted");
+        assert!(store.get(TENANT, *id).await.unwrap().is_some(), "a full table loses nothing it accepted");
     }
-    assert!(store.remove(ids[0]).await.unwrap());
+    assert!(store.remove(TENANT, ids[0]).await.unwrap());
     store.insert(refused).await.expect("room again after a delete");
 }
 
@@ -149,15 +166,15 @@ async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
     let id = task.task_id;
     store.insert(task).await.unwrap();
     tokio::time::sleep(ttl / 2).await;
-    assert!(store.start(id).await.unwrap());
-    assert!(store.finish(id, TaskOutcome::Completed(vec![])).await.unwrap());
-    assert!(store.get(id).await.unwrap().is_some(), "alive before its time to live");
+    assert!(store.start(TENANT, id).await.unwrap());
+    assert!(store.finish(TENANT, id, TaskOutcome::Completed(vec![])).await.unwrap());
+    assert!(store.get(TENANT, id).await.unwrap().is_some(), "alive before its time to live");
 
     // Gone soon after the time to live, counted from creation, not from the
     // last update. Backends with coarse expiry get a bounded grace period.
     tokio::time::sleep(ttl / 2).await;
     let grace = tokio::time::Instant::now() + Duration::from_secs(5);
-    while store.get(id).await.unwrap().is_some() {
+    while store.get(TENANT, id).await.unwrap().is_some() {
         assert!(tokio::time::Instant::now() < grace, "task still present 5 s after its time to live");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -160,16 +160,17 @@ impl TaskStore for MemoryStore {
         Ok(())
     }
 
-    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        Ok(self.shared.state.lock().unwrap().tasks.get(&id).map(|e| e.task.clone()))
+    async fn get(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let state = self.shared.state.lock().unwrap();
+        Ok(state.tasks.get(&id).filter(|e| e.task.tenant == tenant).map(|e| e.task.clone()))
     }
 
-    async fn start(&self, id: TaskId) -> Result<bool, StoreError> {
+    async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state.lock().unwrap();
         let state = &mut *state;
         match state.tasks.get_mut(&id) {
-            Some(entry) if entry.task.status == TaskStatus::Pending => {
+            Some(entry) if entry.task.tenant == tenant && entry.task.status == TaskStatus::Pending => {
                 entry.task.status = TaskStatus::Running;
                 entry.task.touch(now);
                 state.by_status.moved(TaskStatus::Pending, TaskStatus::Running);
@@ -179,12 +180,12 @@ impl TaskStore for MemoryStore {
         }
     }
 
-    async fn finish(&self, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
+    async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state.lock().unwrap();
         let state = &mut *state;
         match state.tasks.get_mut(&id) {
-            Some(entry) if !entry.task.status.is_terminal() => {
+            Some(entry) if entry.task.tenant == tenant && !entry.task.status.is_terminal() => {
                 let from = entry.task.status;
                 entry.task.apply(outcome, now);
                 state.by_status.moved(from, entry.task.status);
@@ -194,9 +195,12 @@ impl TaskStore for MemoryStore {
         }
     }
 
-    async fn remove(&self, id: TaskId) -> Result<bool, StoreError> {
+    async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
         let mut state = self.shared.state.lock().unwrap();
-        let Some(entry) = state.tasks.remove(&id) else { return Ok(false) };
+        if state.tasks.get(&id).is_none_or(|e| e.task.tenant != tenant) {
+            return Ok(false);
+        }
+        let entry = state.tasks.remove(&id).expect("just seen");
         state.expirations.remove(&(entry.expires, id));
         state.by_status.take(entry.task.status);
         Ok(true)
@@ -204,6 +208,11 @@ impl TaskStore for MemoryStore {
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.shared.state.lock().unwrap().tasks.len())
+    }
+
+    async fn gone(&self, _tasks: &[(String, TaskId)]) -> Result<Vec<TaskId>, StoreError> {
+        // The purge tells the host of every expiry as it happens (OnExpire).
+        Ok(Vec::new())
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
@@ -271,7 +280,7 @@ mod tests {
         assert_eq!(table.count().await.unwrap(), 0, "expired tasks should be deleted");
         assert_eq!(table.indexed(), 0);
         for id in &ids {
-            assert_eq!(table.get(*id).await.unwrap(), None);
+            assert_eq!(table.get("default", *id).await.unwrap(), None);
         }
         let mut told = expired.lock().unwrap().clone();
         told.sort();
@@ -290,8 +299,8 @@ mod tests {
         for _ in 0..1000 {
             let id = clock.new_task_id();
             table.insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
-            assert!(table.start(id).await.unwrap());
-            assert!(table.finish(id, TaskOutcome::Completed(vec![])).await.unwrap());
+            assert!(table.start("default", id).await.unwrap());
+            assert!(table.finish("default", id, TaskOutcome::Completed(vec![])).await.unwrap());
         }
         assert!(table.allocated_slots() >= 1000);
 
@@ -319,8 +328,8 @@ mod tests {
 
         tokio::time::advance(HOUR / 2 + Duration::from_secs(1)).await;
         tokio::task::yield_now().await;
-        assert_eq!(table.get(first).await.unwrap(), None);
-        assert!(table.get(second).await.unwrap().is_some());
+        assert_eq!(table.get("default", first).await.unwrap(), None);
+        assert!(table.get("default", second).await.unwrap().is_some());
 
         tokio::time::advance(HOUR / 2).await;
         tokio::task::yield_now().await;

@@ -2,7 +2,7 @@
 //! live, then gone.
 //!
 //! [`TaskStore`] is the one trait every backend implements; [`MemoryStore`]
-//! is the embedded default. Every implementation must pass the
+//! is the embedded default, [`RedisStore`] the one several hosts can share. Every implementation must pass the
 //! [`conformance`] suite. A task moves `pending -> running -> completed |
 //! failed | cancelled` and is **deleted** when its time to live (counted from
 //! creation) lapses: expiry never merely marks an entry, which is the bug this
@@ -11,6 +11,7 @@
 mod clock;
 pub mod conformance;
 mod memory;
+mod redis;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 pub use clock::Clock;
 pub use memory::{MemoryStore, OnExpire};
+pub use redis::RedisStore;
 
 use crate::runtime::{FailureKind, JobFailure};
 
@@ -241,6 +243,9 @@ pub enum StoreError {
 
 /// Where tasks live. Object-safe, held as `Arc<dyn TaskStore>`.
 ///
+/// Every task belongs to a tenant, and is only ever found under that
+/// tenant: asked for under another, it does not exist.
+///
 /// Transitions are atomic and happen once: `start` moves a pending task to
 /// running, `finish` moves a pending or running task to a terminal status; a
 /// second or late call is refused (`Ok(false)`), never applied twice.
@@ -249,17 +254,30 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Adds a pending task; it expires `ttl()` after `task.created_at`.
     async fn insert(&self, task: Task) -> Result<(), StoreError>;
 
-    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
+    async fn get(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, StoreError>;
 
     /// Pending to running. `Ok(false)` if the task is gone or not pending.
-    async fn start(&self, id: TaskId) -> Result<bool, StoreError>;
+    async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
 
     /// Pending or running to `outcome`. `Ok(false)` if the task is gone or
     /// already ended.
-    async fn finish(&self, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;
+    async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;
 
     /// Deletes a task. `Ok(false)` if it was not there.
-    async fn remove(&self, id: TaskId) -> Result<bool, StoreError>;
+    async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
+
+    /// Which of `tasks` no longer exist (deleted or expired): the host
+    /// stops their jobs. Stores that tell the host of expiry themselves (the
+    /// memory store's purge) need not be asked.
+    async fn gone(&self, tasks: &[(String, TaskId)]) -> Result<Vec<TaskId>, StoreError> {
+        let mut gone = Vec::new();
+        for (tenant, id) in tasks {
+            if self.get(tenant, *id).await?.is_none() {
+                gone.push(*id);
+            }
+        }
+        Ok(gone)
+    }
 
     /// Tasks held right now.
     async fn count(&self) -> Result<usize, StoreError>;

@@ -1,0 +1,137 @@
+//! Hosts on a Redis task store, as real processes: two hosts sharing one
+//! table, and a host riding out a Redis outage. Tests on the shared Redis
+//! (127.0.0.1:6379) use a key prefix of their own; the outage test starts a
+//! Redis of its own.
+
+use std::time::Duration;
+
+use matchbox_tests::{Host, RedisServer};
+use serde_json::{Value, json};
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+fn prefix() -> String {
+    format!("matchbox-e2e-{}-{}", std::process::id(), matchbox_tests::free_port())
+}
+
+async fn on_redis(url: &str, prefix: &str, extra: &[&str]) -> Host {
+    let mut args = vec!["--store", url, "--redis-prefix", prefix];
+    args.extend(extra);
+    Host::start(&args).await.unwrap()
+}
+
+fn job(matcher: &str, candidate: &str) -> Value {
+    json!({
+        "matcher": matcher,
+        "candidate": {"id": candidate, "skills": [{"name": "rust"}]},
+        "postings": [{"id": "p1", "title": "Rust engineer", "required_skills": ["rust"]}]
+    })
+}
+
+/// Polls `f` until it holds, for at most 30 s.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn live_instances(client: &reqwest::Client, host: &Host) -> u64 {
+    let status: Value = client.get(host.url("/status")).send().await.unwrap().json().await.unwrap();
+    status["live_instances"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_on_one_redis_share_the_task_table() {
+    let prefix = prefix();
+    let (a, b) = (on_redis(SHARED_REDIS, &prefix, &[]).await, on_redis(SHARED_REDIS, &prefix, &[]).await);
+    let client = reqwest::Client::new();
+
+    // Submitted on a, read on b.
+    let done: Value = client
+        .post(a.url("/jobs/match?wait=30s"))
+        .json(&job("skills", "ada"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let id = done["task_id"].as_str().unwrap();
+    let read: Value = client.get(b.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(read, done, "b serves the task a wrote");
+
+    // Deleted on b while it runs on a: a stops the job.
+    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    assert_eq!(client.put(a.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    let running: Value =
+        client.post(a.url("/jobs/match")).json(&job("misbehave", "loop")).send().await.unwrap().json().await.unwrap();
+    let id = running["task_id"].as_str().unwrap();
+    eventually("the job to start on a", async || live_instances(&client, &a).await == 1).await;
+    assert_eq!(client.delete(b.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 204);
+    eventually("a to stop the job deleted on b", async || live_instances(&client, &a).await == 0).await;
+    assert_eq!(client.get(a.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 404);
+
+    let counts: Value = client.get(b.url("/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(counts["tasks"]["completed"], 1, "one table, counted from either host: {counts}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_task_expires_in_redis_is_stopped() {
+    let host = on_redis(SHARED_REDIS, &prefix(), &["--task-ttl", "2s", "--job-timeout", "1h"]).await;
+    let client = reqwest::Client::new();
+    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    assert_eq!(client.put(host.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    let running: Value = client
+        .post(host.url("/jobs/match"))
+        .json(&job("misbehave", "loop"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = running["task_id"].as_str().unwrap();
+    eventually("the job to start", async || live_instances(&client, &host).await == 1).await;
+    // Redis deletes the key after 2 s; the host notices and stops the job.
+    eventually("the expired task's job to stop", async || live_instances(&client, &host).await == 0).await;
+    let gone = client.get(host.url(&format!("/tasks/{id}"))).send().await.unwrap().status();
+    assert_eq!(gone, 410, "the task expired");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_answers_503_and_service_comes_back_by_itself() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let host = on_redis(&redis.url(), "matchbox", &[]).await;
+    let client = reqwest::Client::new();
+    let submit =
+        async || client.post(host.url("/jobs/match?wait=30s")).json(&job("skills", "ada")).send().await.unwrap();
+    assert_eq!(submit().await.status(), 200);
+
+    redis.kill();
+    let ready = client.get(host.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let refused = submit().await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Redis"), "{body}");
+    let read = client.get(host.url(&format!("/tasks/{}", uuid_now()))).send().await.unwrap();
+    assert_eq!(read.status(), 503);
+    assert_eq!(client.get(host.url("/healthz")).send().await.unwrap().status(), 200, "the process itself is fine");
+
+    redis.restart().await.unwrap();
+    eventually("the host to be ready again", async || {
+        client.get(host.url("/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
+    assert_eq!(submit().await.status(), 200, "submissions work again without a restart");
+}
+
+fn uuid_now() -> String {
+    // A version 7 UUID for now, so that "unknown" is 404 and not 410.
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    format!("{:08x}-{:04x}-7000-8000-000000000000", ms >> 16, ms & 0xffff)
+}
