@@ -20,12 +20,14 @@
 //! - [`tenants`]: API keys, quotas, and the tenants file;
 //! - [`runtime`]: the wasmtime sandbox, one fresh Store per job;
 //! - [`registry`]: the matchers this host can run;
-//! - [`metrics`]: what `GET /metrics` reports.
+//! - [`metrics`]: what `GET /metrics` reports;
+//! - [`cluster`]: jobs and matchers shared by hosts through Redis.
 //!
 //! [`app`] and [`run`] are what `main.rs` and the tests call.
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod jobs;
 pub mod metrics;

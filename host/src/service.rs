@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tracing::Instrument as _;
 
+use crate::cluster::{Cluster, Envelope};
 use crate::config::Config;
 use crate::jobs::{Job, JobRunner, JobTracker};
 use crate::metrics::Metrics;
-use crate::registry::{DEFAULT_MATCHER, MatcherRegistry, ResolveError};
+use crate::registry::{DEFAULT_MATCHER, MatcherRegistry, RegistryConfig, ResolveError};
 use crate::runtime::{JobInput, Sandbox};
 use crate::tasks::{Clock, MemoryStore, OnExpire, RedisStore, StoreError, Task, TaskId, TaskStore};
 use crate::tenants::{Tenant, Tenants};
@@ -27,6 +28,11 @@ pub struct Matchbox {
     /// Resident memory over the last minutes, for the status page.
     pub memory_history: Arc<crate::metrics::MemoryHistory>,
     pub tenants: Tenants,
+    /// The deployment this host shares jobs with, when the store is Redis.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Jobs this host accepted into the deployment's stream, followed until
+    /// they end wherever they run (for `?wait=` and the pending quota).
+    pub accepted: crate::cluster::Accepted,
     /// Set when shutdown begins: submissions are refused from then on.
     draining: AtomicBool,
 }
@@ -60,8 +66,23 @@ impl Matchbox {
     /// the built-in matchers. Must be called inside a tokio runtime.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let tenants = Tenants::from_config(&config)?;
+        let redis_url = match config.store.as_str() {
+            "memory" => None,
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url.to_string()),
+            other => anyhow::bail!("--store '{other}': use 'memory' or a redis:// URL"),
+        };
+        // A shared job may sit unacknowledged for as long as the longest
+        // deadline of any tenant, plus a grace period; past that its host
+        // is taken to be gone.
+        let claim_after = tenants.all().iter().map(|t| t.quotas.deadline).max().unwrap_or(config.job_timeout)
+            + crate::cluster::CLAIM_GRACE;
+        let cluster = match &redis_url {
+            Some(url) => Some(Arc::new(Cluster::open(url, &config.redis_prefix, claim_after)?)),
+            None => None,
+        };
         let sandbox = Arc::new(Sandbox::new(config.sandbox()).context("creating the wasm engine")?);
-        let registry = Arc::new(MatcherRegistry::open(sandbox.clone(), config.registry()).await?);
+        let registry_config = RegistryConfig { cluster: cluster.clone(), ..config.registry() };
+        let registry = Arc::new(MatcherRegistry::open(sandbox.clone(), registry_config).await?);
         tenants.check_matchers(&registry.names())?;
         let clock = Clock::new();
         let tracker = Arc::new(JobTracker::default());
@@ -80,22 +101,28 @@ impl Matchbox {
                 }
             })
         };
-        let store: Arc<dyn TaskStore> = match config.store.as_str() {
-            "memory" => Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire)),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+        let store: Arc<dyn TaskStore> = match &redis_url {
+            None => Arc::new(MemoryStore::new(config.max_tasks, config.task_ttl, clock, on_expire)),
+            Some(url) => {
                 let store = RedisStore::open(url, &config.redis_prefix, config.max_tasks, config.task_ttl)?;
                 if let Err(err) = store.check().await {
                     tracing::warn!(%err, "Redis does not answer yet; not ready until it does");
                 }
                 Arc::new(store)
             }
-            other => anyhow::bail!("--store '{other}': use 'memory' or a redis:// URL"),
         };
         tokio::spawn(stop_jobs_of_lost_tasks(Arc::downgrade(&tracker), Arc::downgrade(&store), metrics.clone()));
-        let jobs =
-            JobRunner::start(config.workers(), config.queue, tracker, store.clone(), sandbox.clone(), metrics.clone())
-                .context("starting the job workers")?;
-        Ok(Arc::new(Matchbox {
+        let jobs = JobRunner::start(
+            config.workers(),
+            config.queue,
+            tracker,
+            store.clone(),
+            sandbox.clone(),
+            metrics.clone(),
+            cluster.clone(),
+        )
+        .context("starting the job workers")?;
+        let app = Arc::new(Matchbox {
             config,
             clock,
             sandbox,
@@ -105,8 +132,15 @@ impl Matchbox {
             metrics,
             memory_history: crate::metrics::MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600)),
             tenants,
+            cluster,
+            accepted: crate::cluster::Accepted::default(),
             draining: AtomicBool::new(false),
-        }))
+        });
+        if app.cluster.is_some() {
+            tokio::spawn(crate::cluster::runner::consume(Arc::downgrade(&app)));
+            tokio::spawn(crate::cluster::runner::follow_accepted(Arc::downgrade(&app)));
+        }
+        Ok(app)
     }
 
     /// Accepts `tenant`'s job: records a pending task and queues the job.
@@ -120,11 +154,41 @@ impl Matchbox {
         if self.is_draining() {
             return Err(SubmitError::ShuttingDown);
         }
-        let matcher = self.registry.resolve(tenant, matcher.unwrap_or(DEFAULT_MATCHER))?;
+        let reference = matcher.unwrap_or(DEFAULT_MATCHER);
+        if self.cluster.is_some() {
+            let name = reference.split('@').next().unwrap_or(reference);
+            self.registry.sync(tenant, name).await?;
+        }
+        let matcher = self.registry.resolve(tenant, reference)?;
         let admission = tenant.admit().ok_or_else(|| SubmitError::OverQuota {
             tenant: tenant.name.to_string(),
             limit: tenant.quotas.pending_tasks,
         })?;
+        if let Some(cluster) = &self.cluster {
+            let task = Task::pending(
+                self.clock.new_task_id(),
+                tenant.name.to_string(),
+                matcher.name.clone(),
+                self.clock.now(),
+                self.store.ttl(),
+            );
+            let id = task.task_id;
+            // The task, then the job, both in Redis before the 202.
+            self.store.insert(task.clone()).await?;
+            let envelope = Envelope {
+                tenant: tenant.name.to_string(),
+                task_id: id,
+                matcher: format!("{}@{}", matcher.name, matcher.digest),
+                input,
+            };
+            if let Err(err) = cluster.publish(&envelope).await {
+                let _ = self.store.remove(&tenant.name, id).await;
+                return Err(err.into());
+            }
+            self.accepted.follow(&tenant.name, id, admission);
+            tracing::debug!(task_id = %id, tenant = %tenant.name, matcher = %matcher.name, "task accepted into the stream");
+            return Ok(task);
+        }
         let queue = self.jobs.queue();
         let slot = queue.reserve().ok_or(SubmitError::QueueFull(queue.capacity()))?;
 
@@ -150,7 +214,9 @@ impl Matchbox {
         let job = Job {
             task_id: id,
             tenant: tenant.name.clone(),
-            admission,
+            admission: Some(admission),
+            entry: None,
+            reclaimed: false,
             matcher,
             input,
             limits: tenant.job_limits(),
@@ -184,10 +250,20 @@ impl Matchbox {
     /// Waits up to `timeout` for `tenant`'s task's job to end, then reads
     /// the task.
     pub async fn wait(&self, tenant: &Tenant, id: TaskId, timeout: Duration) -> Result<Task, LookupError> {
-        if let Some(done) = self.jobs.tracker().done(id) {
+        if let Some(done) = self.accepted.done(id).or_else(|| self.jobs.tracker().done(id)) {
             let _ = tokio::time::timeout(timeout, done.cancelled()).await;
         }
         self.task(tenant, id).await
+    }
+
+    /// Whether the task store (and, with hosts sharing jobs, the stream)
+    /// can serve requests.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.store.check().await?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check().await?;
+        }
+        Ok(())
     }
 
     pub fn is_draining(&self) -> bool {
@@ -204,7 +280,11 @@ impl Matchbox {
         tracing::info!(in_flight, timeout = %humantime::format_duration(timeout), "draining: no new jobs");
         let _ = tokio::time::timeout(timeout, self.jobs.tracker().wait_empty()).await;
         let left = self.jobs.tracker().len();
-        if left > 0 {
+        if left > 0 && self.cluster.is_some() {
+            tracing::warn!(left, "drain timeout reached; handing the jobs still in flight back to the deployment");
+            self.jobs.hand_back();
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.sandbox.live().wait_for_zero()).await;
+        } else if left > 0 {
             tracing::warn!(left, "drain timeout reached; cancelling the jobs still in flight");
             self.jobs.tracker().cancel_all();
             // Cancelled guests stop within an epoch tick; give them a moment.

@@ -42,10 +42,23 @@ async fn live_instances(client: &reqwest::Client, host: &Host) -> u64 {
     status["live_instances"].as_u64().unwrap()
 }
 
+/// Jobs that ended on `host`, from its metrics.
+async fn jobs_run(client: &reqwest::Client, host: &Host) -> u64 {
+    let text = client.get(host.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("matchbox_jobs_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn hosts_on_one_redis_share_the_task_table() {
+async fn hosts_on_one_redis_share_tasks_jobs_and_matchers() {
     let prefix = prefix();
-    let (a, b) = (on_redis(SHARED_REDIS, &prefix, &[]).await, on_redis(SHARED_REDIS, &prefix, &[]).await);
+    let hosts = [
+        on_redis(SHARED_REDIS, &prefix, &["--workers", "1"]).await,
+        on_redis(SHARED_REDIS, &prefix, &["--workers", "1"]).await,
+    ];
+    let [a, b] = &hosts;
     let client = reqwest::Client::new();
 
     // Submitted on a, read on b.
@@ -63,19 +76,103 @@ async fn hosts_on_one_redis_share_the_task_table() {
     let read: Value = client.get(b.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(read, done, "b serves the task a wrote");
 
-    // Deleted on b while it runs on a: a stops the job.
+    // A matcher uploaded on b runs for jobs submitted on a, on either host.
     let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    assert_eq!(client.put(a.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    assert_eq!(client.put(b.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    let ran: Value = client
+        .post(a.url("/jobs/match?wait=30s"))
+        .json(&job("misbehave", "ada"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ran["status"], "completed", "{ran}");
+
+    // Jobs submitted on one host run on both.
+    let before = [jobs_run(&client, a).await, jobs_run(&client, b).await];
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let accepted: Value = client
+            .post(a.url("/jobs/match"))
+            .json(&job("misbehave", "slow"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(accepted["task_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        eventually("the slow jobs to complete", async || {
+            let task: Value = client.get(b.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+            task["status"] == "completed"
+        })
+        .await;
+    }
+    let ran = [jobs_run(&client, a).await - before[0], jobs_run(&client, b).await - before[1]];
+    assert_eq!(ran[0] + ran[1], 12);
+    assert!(ran[0] > 0 && ran[1] > 0, "both hosts ran some of the jobs: {ran:?}");
+
+    // Deleted through the host that is not running it: the other stops it.
     let running: Value =
         client.post(a.url("/jobs/match")).json(&job("misbehave", "loop")).send().await.unwrap().json().await.unwrap();
     let id = running["task_id"].as_str().unwrap();
-    eventually("the job to start on a", async || live_instances(&client, &a).await == 1).await;
-    assert_eq!(client.delete(b.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 204);
-    eventually("a to stop the job deleted on b", async || live_instances(&client, &a).await == 0).await;
-    assert_eq!(client.get(a.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 404);
+    let mut runner = 0;
+    eventually("the job to start on a host", async || {
+        for (i, host) in hosts.iter().enumerate() {
+            if live_instances(&client, host).await == 1 {
+                runner = i;
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let other = &hosts[1 - runner];
+    assert_eq!(client.delete(other.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 204);
+    eventually("the running host to stop the deleted job", async || live_instances(&client, &hosts[runner]).await == 0)
+        .await;
+    assert_eq!(client.get(hosts[runner].url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 404);
 
     let counts: Value = client.get(b.url("/status")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(counts["tasks"]["completed"], 1, "one table, counted from either host: {counts}");
+    assert_eq!(counts["tasks"]["completed"], 14, "one table, counted from either host: {counts}");
+}
+
+/// A host killed in the middle of a job: another host takes the job over
+/// once the claim period (deadline + grace) has passed, and completes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_host_dies_is_completed_by_another() {
+    let prefix = prefix();
+    let flags = ["--job-timeout", "3s", "--workers", "1"];
+    let doomed = on_redis(SHARED_REDIS, &prefix, &flags).await;
+    let client = reqwest::Client::new();
+    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    assert_eq!(client.put(doomed.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    let accepted: Value = client
+        .post(doomed.url("/jobs/match"))
+        .json(&job("misbehave", "busy-1500"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    eventually("the job to start", async || live_instances(&client, &doomed).await == 1).await;
+    drop(doomed); // SIGKILL, mid-job
+
+    let survivor = on_redis(SHARED_REDIS, &prefix, &flags).await;
+    let task: Value = client.get(survivor.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(task["status"], "running", "the dead host's job is still marked running: {task}");
+    eventually("the survivor to complete the job", async || {
+        let task: Value = client.get(survivor.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+        task["status"] == "completed"
+    })
+    .await;
+    assert_eq!(jobs_run(&client, &survivor).await, 1, "the survivor ran it");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -102,6 +102,15 @@ impl Matcher for Misbehave {
                 let n = recurse(0, (postings.len() as u64) | (1 << 63));
                 Ok(one(&first, (n % 2) as f32))
             }
+            // `busy-1500`: computes for 1.5 s, then answers honestly.
+            busy if busy.starts_with("busy-") => {
+                let ms = busy["busy-".len()..].parse().unwrap_or(0);
+                let started = std::time::Instant::now();
+                while started.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::black_box(started);
+                }
+                Ok(honest(&postings, &options))
+            }
             "slow" => {
                 let started = std::time::Instant::now();
                 while started.elapsed() < std::time::Duration::from_millis(300) {

@@ -161,7 +161,9 @@ async fn submit(
     if app.is_draining() {
         return Err(crate::service::SubmitError::ShuttingDown.into());
     }
-    if !app.jobs.queue().has_room() {
+    // (With hosts sharing jobs, this host's queue only holds what it took
+    // from the stream; the deployment's room is the task table's.)
+    if app.cluster.is_none() && !app.jobs.queue().has_room() {
         return Err(crate::service::SubmitError::QueueFull(app.jobs.queue().capacity()).into());
     }
     let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app).await?;
@@ -374,7 +376,7 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if app.is_draining() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "this host is draining"));
     }
-    app.store.check().await?;
+    app.check().await?;
     Ok(Json(Ready { status: "ready", present: app.present().await? }))
 }
 

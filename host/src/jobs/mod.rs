@@ -14,6 +14,7 @@
 mod queue;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
@@ -22,6 +23,7 @@ use tracing::Instrument as _;
 
 pub use queue::{JobQueue, LaneId, Running, Slot};
 
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::registry::Matcher;
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
@@ -33,8 +35,14 @@ pub struct Job {
     pub task_id: TaskId,
     /// The tenant's name: its lane in the queue and its metrics label.
     pub tenant: LaneId,
-    /// Its place in the tenant's pending-task quota, held until the job ends.
-    pub admission: Admission,
+    /// Its place in the tenant's pending-task quota, held until the job ends
+    /// (held by the accepting host when the job came from another one).
+    pub admission: Option<Admission>,
+    /// The stream entry it came from, when hosts share jobs: acknowledged
+    /// once the outcome is written.
+    pub entry: Option<String>,
+    /// Taken over from a host that started it and never finished it.
+    pub reclaimed: bool,
     /// The matcher as it was when the job was accepted; replacing it in the
     /// registry does not change what this job runs.
     pub matcher: Arc<Matcher>,
@@ -51,6 +59,8 @@ pub struct JobTracker {
     jobs: Mutex<HashMap<TaskId, Tracked>>,
     /// Woken whenever the last job in flight ends.
     emptied: tokio::sync::Notify,
+    /// Woken whenever a job ends.
+    ended: tokio::sync::Notify,
 }
 
 struct Tracked {
@@ -104,9 +114,15 @@ impl JobTracker {
         if empty {
             self.emptied.notify_waiters();
         }
+        self.ended.notify_waiters();
         if let Some(t) = tracked {
             t.done.cancel();
         }
+    }
+
+    /// Resolves when a job ends, or after `timeout`.
+    pub async fn wait_for_an_end(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.ended.notified()).await;
     }
 
     /// Resolves once no job is queued or running.
@@ -143,6 +159,8 @@ impl JobTracker {
 pub struct JobRunner {
     queue: Arc<JobQueue<Job>>,
     tracker: Arc<JobTracker>,
+    /// Set when a draining host gives its unfinished shared jobs back.
+    handing_back: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     guests: Option<tokio::runtime::Runtime>,
 }
@@ -157,6 +175,7 @@ impl JobRunner {
         store: Arc<dyn TaskStore>,
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
     ) -> std::io::Result<Self> {
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
@@ -164,6 +183,7 @@ impl JobRunner {
             .enable_time()
             .build()?;
         let queue = Arc::new(JobQueue::new(queue_capacity));
+        let handing_back = Arc::new(AtomicBool::new(false));
         let workers = (0..workers.max(1))
             .map(|_| {
                 tokio::spawn(work(Worker {
@@ -173,10 +193,20 @@ impl JobRunner {
                     sandbox: sandbox.clone(),
                     metrics: metrics.clone(),
                     guests: guests.handle().clone(),
+                    cluster: cluster.clone(),
+                    handing_back: handing_back.clone(),
                 }))
             })
             .collect();
-        Ok(JobRunner { queue, tracker, workers, guests: Some(guests) })
+        Ok(JobRunner { queue, tracker, handing_back, workers, guests: Some(guests) })
+    }
+
+    /// Cancels every job in flight without ending its task, so that the
+    /// shared jobs among them go back to the deployment: their stream
+    /// entries stay unacknowledged and another host takes them over.
+    pub fn hand_back(&self) {
+        self.handing_back.store(true, Ordering::Release);
+        self.tracker.cancel_all();
     }
 
     pub fn queue(&self) -> &JobQueue<Job> {
@@ -211,13 +241,32 @@ struct Worker {
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
     guests: tokio::runtime::Handle,
+    cluster: Option<Arc<Cluster>>,
+    handing_back: Arc<AtomicBool>,
+}
+
+/// What became of a job a worker took.
+enum Disposition {
+    /// Its outcome is written, or it had none to write (its task is gone).
+    Done,
+    /// Left for another host: handed back on shutdown, or the store could
+    /// not be told. A shared job's entry stays unacknowledged.
+    Left,
 }
 
 async fn work(w: Worker) {
     while let Some((job, running)) = w.queue.pop().await {
         let id = job.task_id;
         let span = job.span.clone();
-        run_one(job, &w).instrument(span).await;
+        let entry = job.entry.clone();
+        let disposition = run_one(job, &w).instrument(span.clone()).await;
+        if let (Some(entry), Some(cluster), Disposition::Done) = (entry, &w.cluster, disposition)
+            && let Err(err) = cluster.ack(&entry).await
+        {
+            // Another host will run it again after the claim period; the
+            // task's result is written once, so the rerun changes nothing.
+            span.in_scope(|| tracing::warn!(%err, "could not acknowledge a shared job"));
+        }
         // The tenant's lane may start another job, and its quota has room
         // again (the admission was dropped with the job), before anyone
         // waiting on this one is told it ended.
@@ -226,21 +275,26 @@ async fn work(w: Worker) {
     }
 }
 
-async fn run_one(job: Job, w: &Worker) {
+async fn run_one(job: Job, w: &Worker) -> Disposition {
     let (store, sandbox, guests) = (&*w.store, &w.sandbox, &w.guests);
     let id = job.task_id;
+    let handed_back = || job.entry.is_some() && w.handing_back.load(Ordering::Acquire);
     if job.cancel.is_cancelled() {
-        // Deleted or expired while it waited: its entry is already gone.
-        return;
+        // Deleted or expired while it waited (its entry is already gone),
+        // or handed back.
+        return if handed_back() { Disposition::Left } else { Disposition::Done };
     }
-    match store.start(&job.tenant, id).await {
+    let started =
+        if job.reclaimed { store.take_over(&job.tenant, id).await } else { store.start(&job.tenant, id).await };
+    match started {
         Ok(true) => {}
-        Ok(false) => return,
+        Ok(false) => return Disposition::Done,
         Err(err) => {
             tracing::warn!(%err, "could not mark the task running");
-            return;
+            return Disposition::Left;
         }
     }
+    let handing_back = job.entry.is_some().then(|| w.handing_back.clone());
     let Job { matcher, input, limits, cancel, span, tenant, admission, .. } = job;
     let matcher_name = matcher.name.clone();
     let sandbox = sandbox.clone();
@@ -273,14 +327,25 @@ async fn run_one(job: Job, w: &Worker) {
                 .map(|r| Ranking { posting_id: r.posting_id, score: r.score, reasons: r.reasons })
                 .collect(),
         ),
-        Err(failure) if failure.kind == FailureKind::Cancelled => TaskOutcome::Cancelled,
+        Err(failure) if failure.kind == FailureKind::Cancelled => {
+            if handing_back.is_some_and(|h| h.load(Ordering::Acquire)) {
+                tracing::info!("handed the job back for another host");
+                return Disposition::Left;
+            }
+            TaskOutcome::Cancelled
+        }
         Err(failure) => {
             tracing::info!(kind = %failure.kind, message = %failure.message, "job failed");
             TaskOutcome::Failed(failure.into())
         }
     };
-    if let Err(err) = store.finish(&tenant, id, outcome).await {
-        tracing::warn!(%err, "could not write the job's outcome");
-    }
+    let written = store.finish(&tenant, id, outcome).await;
     drop(admission);
+    match written {
+        Ok(_) => Disposition::Done,
+        Err(err) => {
+            tracing::warn!(%err, "could not write the job's outcome");
+            Disposition::Left
+        }
+    }
 }

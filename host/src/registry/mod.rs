@@ -144,6 +144,9 @@ pub struct RegistryConfig {
     pub max_component_size: usize,
     /// Limits of the sandboxed `info()` call made at load time.
     pub info_limits: JobLimits,
+    /// The deployment's shared record of uploads, when hosts share a Redis:
+    /// uploads are published there and fetched from there by digest.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Default for RegistryConfig {
@@ -154,6 +157,7 @@ impl Default for RegistryConfig {
             matchers_dir: None,
             max_component_size: 64 << 20,
             info_limits: JobLimits { deadline: Duration::from_secs(5), ..JobLimits::default() },
+            cluster: None,
         }
     }
 }
@@ -421,6 +425,12 @@ impl MatcherRegistry {
             return Ok((existing.clone(), false));
         }
         let matcher = self.load(owner.clone(), name, bytes.clone(), Source::Uploaded).await?;
+        if let Some(cluster) = &self.config.cluster {
+            cluster
+                .put_matcher(matcher.owner.as_deref(), name, &matcher.digest, &bytes)
+                .await
+                .map_err(|e| LoadError::Storage(e.to_string()))?;
+        }
         if let Some(storage) = self.storage.clone() {
             let (name, digest) = (name.to_string(), digest.clone());
             tokio::task::spawn_blocking(move || {
@@ -464,9 +474,54 @@ impl MatcherRegistry {
                 .map_err(|e| LoadError::Storage(e.to_string()))?
                 .map_err(|e| LoadError::Storage(e.to_string()))?;
         }
+        if let Some(cluster) = &self.config.cluster {
+            cluster.remove_matcher(owner.as_deref(), name).await.map_err(|e| LoadError::Storage(e.to_string()))?;
+        }
         self.matchers.write().unwrap().remove(&(owner, name.to_string()));
         tracing::info!(name, tenant = %tenant.name, "matcher removed");
         Ok(true)
+    }
+
+    /// Brings `tenant`'s upload `name` in line with the deployment's record
+    /// when hosts share a Redis: fetches (by digest) and compiles what
+    /// another host uploaded or replaced, and forgets what another host
+    /// removed. Built-in and directory matchers are every host's own and
+    /// are left alone. A component that fails to load is logged and left
+    /// out, so the job that needed it is refused as naming an unknown
+    /// matcher.
+    pub async fn sync(&self, tenant: &Tenant, name: &str) -> Result<(), crate::tasks::StoreError> {
+        let Some(cluster) = &self.config.cluster else { return Ok(()) };
+        let owner = tenant.namespace().cloned();
+        let local = self.get_owned(owner.as_ref(), name);
+        if local.as_ref().is_some_and(|m| m.source != Source::Uploaded) || check_name(name).is_err() {
+            return Ok(());
+        }
+        let remote = cluster.matcher_digest(owner.as_deref(), name).await?;
+        match (remote, local) {
+            (Some(digest), Some(local)) if local.digest == digest => Ok(()),
+            (Some(digest), _) => {
+                let Some(bytes) = cluster.component_bytes(&digest).await? else {
+                    tracing::warn!(name, %digest, "the deployment names a component whose bytes are missing");
+                    return Ok(());
+                };
+                let _change = self.changes.lock().await;
+                match self.load(owner.clone(), name, bytes, Source::Uploaded).await {
+                    Ok(matcher) if matcher.digest == digest => {
+                        tracing::info!(name, tenant = %tenant.name, %digest, "fetched a matcher uploaded on another host");
+                        self.insert(matcher);
+                    }
+                    Ok(_) => tracing::warn!(name, %digest, "a shared component's bytes do not match their digest"),
+                    Err(e) => tracing::warn!(name, %digest, error = %e, "could not load a matcher from another host"),
+                }
+                Ok(())
+            }
+            (None, Some(_)) => {
+                tracing::info!(name, tenant = %tenant.name, "a matcher removed on another host; forgotten here");
+                self.matchers.write().unwrap().remove(&(owner, name.to_string()));
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
     }
 
     /// Checks, compiles (or loads from the cache), type-checks and asks

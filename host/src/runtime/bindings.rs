@@ -8,6 +8,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "matcher",
     exports: { default: async },
+    // Jobs travel between hosts as JSON (see `crate::cluster`).
+    additional_derives: [serde::Serialize, serde::Deserialize],
 });
 
 pub use self::matchbox::matcher::log::Level;

@@ -76,7 +76,7 @@ impl Default for SandboxConfig {
 }
 
 /// One job's input, in the contract's types.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobInput {
     pub candidate: Candidate,
     pub postings: Vec<Posting>,

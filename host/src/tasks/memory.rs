@@ -180,6 +180,22 @@ impl TaskStore for MemoryStore {
         }
     }
 
+    async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
+        match state.tasks.get_mut(&id) {
+            Some(entry) if entry.task.tenant == tenant && !entry.task.status.is_terminal() => {
+                let from = entry.task.status;
+                entry.task.status = TaskStatus::Running;
+                entry.task.touch(now);
+                state.by_status.moved(from, TaskStatus::Running);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state.lock().unwrap();

@@ -259,6 +259,19 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Pending to running. `Ok(false)` if the task is gone or not pending.
     async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
 
+    /// Pending or running to running: a host takes over a job another host
+    /// started and never finished. `Ok(false)` if the task is gone or ended.
+    async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
+
+    /// The status of each of `tasks`, `None` for one that no longer exists.
+    async fn statuses(&self, tasks: &[(String, TaskId)]) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let mut out = Vec::with_capacity(tasks.len());
+        for (tenant, id) in tasks {
+            out.push(self.get(tenant, *id).await?.map(|t| t.status));
+        }
+        Ok(out)
+    }
+
     /// Pending or running to `outcome`. `Ok(false)` if the task is gone or
     /// already ended.
     async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;

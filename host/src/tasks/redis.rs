@@ -55,6 +55,7 @@ pub struct RedisStore {
 struct Scripts {
     insert: Script,
     start: Script,
+    take_over: Script,
     finish: Script,
     remove: Script,
     counts: Script,
@@ -86,6 +87,20 @@ redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
 local score = redis.call('ZSCORE', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 if score then redis.call('ZADD', KEYS[3], score, ARGV[2]) end
+return 1
+";
+
+/// Pending or running to running (a host taking over another's job).
+/// KEYS: task, pending, running. ARGV: updated at, member.
+const TAKE_OVER: &str = r"
+local s = redis.call('HGET', KEYS[1], 's')
+if s ~= 'pending' and s ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
+if s == 'pending' then
+  local score = redis.call('ZSCORE', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  if score then redis.call('ZADD', KEYS[3], score, ARGV[2]) end
+end
 return 1
 ";
 
@@ -156,6 +171,7 @@ impl RedisStore {
             scripts: Scripts {
                 insert: Script::new(INSERT),
                 start: Script::new(START),
+                take_over: Script::new(TAKE_OVER),
                 finish: Script::new(FINISH),
                 remove: Script::new(REMOVE),
                 counts: Script::new(COUNTS),
@@ -177,6 +193,20 @@ impl RedisStore {
 
     fn member(tenant: &str, id: TaskId) -> String {
         format!("{tenant}/{id}")
+    }
+
+    /// Runs `script` (START or TAKE_OVER), which moves a task to running.
+    async fn to_running(&self, script: &Script, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
+        let moved: i64 = script
+            .key(self.key(tenant, id))
+            .key(self.set(TaskStatus::Pending))
+            .key(self.set(TaskStatus::Running))
+            .arg(rfc3339(OffsetDateTime::now_utc()))
+            .arg(Self::member(tenant, id))
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(moved == 1)
     }
 
     /// Rebuilds a task from its hash.
@@ -238,18 +268,26 @@ impl TaskStore for RedisStore {
     }
 
     async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        let started: i64 = self
-            .scripts
-            .start
-            .key(self.key(tenant, id))
-            .key(self.set(TaskStatus::Pending))
-            .key(self.set(TaskStatus::Running))
-            .arg(rfc3339(OffsetDateTime::now_utc()))
-            .arg(Self::member(tenant, id))
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(started == 1)
+        self.to_running(&self.scripts.start, tenant, id).await
+    }
+
+    async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
+        self.to_running(&self.scripts.take_over, tenant, id).await
+    }
+
+    async fn statuses(&self, tasks: &[(String, TaskId)]) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (tenant, id) in tasks {
+            pipe.hget(self.key(tenant, *id), "s");
+        }
+        let statuses: Vec<Option<String>> = pipe.query_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        Ok(statuses
+            .into_iter()
+            .map(|s| s.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
+            .collect())
     }
 
     async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {

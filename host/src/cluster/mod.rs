@@ -1,0 +1,283 @@
+//! More than one host: jobs shared over a Redis Stream, matchers shared by
+//! digest. Active when the task store is Redis (`--store redis://...`).
+//!
+//! ```text
+//! <prefix>:jobs                    stream of jobs; consumer group "hosts", one consumer per host
+//! <prefix>:component:<sha256 hex>  a component's bytes, stored once
+//! <prefix>:matchers:<owner>        hash name -> digest; owner is a tenant, or "_shared"
+//! ```
+//!
+//! A host that accepts a job writes its task (pending) and then adds the job
+//! to the stream, both before answering 202. Every host reads the stream
+//! through the group, as far as its own queue has room, and runs what it
+//! reads in its fair queue like any local job; when the outcome is written
+//! it acknowledges and deletes the entry. An entry a host read and never
+//! acknowledged (the host died, or was stopped mid-job) stays pending in
+//! the group; once it has been idle longer than the longest job deadline
+//! plus a grace period, another host claims it (`XAUTOCLAIM`) and runs the
+//! job again from the start.
+//!
+//! A job names its matcher pinned to the digest the accepting host
+//! resolved, so every host runs the same code; a host that lacks it fetches
+//! the bytes by digest, compiles them once and keeps them in its own
+//! precompiled cache.
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::JobInput;
+use crate::tasks::{StoreError, TaskId};
+
+const GROUP: &str = "hosts";
+const SHARED: &str = "_shared";
+
+/// A job as it travels between hosts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub tenant: String,
+    pub task_id: TaskId,
+    /// `name@sha256:<hex>`: the exact component the job was accepted for.
+    pub matcher: String,
+    pub input: JobInput,
+}
+
+/// A job read from the stream.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The stream entry, to acknowledge once the outcome is written.
+    pub entry: String,
+    /// The job, or why the entry could not be read.
+    pub envelope: Result<Envelope, String>,
+    /// Taken over from another host that did not finish it.
+    pub reclaimed: bool,
+}
+
+pub struct Cluster {
+    /// For short commands.
+    redis: ConnectionManager,
+    /// For the blocking stream reads alone: a blocked read would hold up
+    /// every command queued behind it on a shared connection.
+    reader: ConnectionManager,
+    prefix: String,
+    consumer: String,
+    claim_after: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("prefix", &self.prefix).field("consumer", &self.consumer).finish()
+    }
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {err}"))
+}
+
+fn hex(digest: &str) -> &str {
+    digest.trim_start_matches("sha256:")
+}
+
+impl Cluster {
+    /// Joins the deployment `prefix` on the Redis at `url`. `claim_after`:
+    /// how long a job read by a host may go unacknowledged before another
+    /// host takes it over. Does not wait for Redis.
+    pub fn open(url: &str, prefix: &str, claim_after: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
+        let config = |timeout: Duration| {
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1))
+        };
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), config(Duration::from_secs(2)))
+            .map_err(unavailable)?;
+        let reader =
+            ConnectionManager::new_lazy_with_config(client, config(Duration::from_secs(5))).map_err(unavailable)?;
+        Ok(Cluster {
+            redis,
+            reader,
+            prefix: prefix.to_string(),
+            consumer: format!("host-{}", uuid::Uuid::now_v7().simple()),
+            claim_after,
+        })
+    }
+
+    fn stream(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    fn names(&self, owner: Option<&str>) -> String {
+        format!("{}:matchers:{}", self.prefix, owner.unwrap_or(SHARED))
+    }
+
+    fn component(&self, digest: &str) -> String {
+        format!("{}:component:{}", self.prefix, hex(digest))
+    }
+
+    /// This host's name in the consumer group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Whether both connections answer.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        for connection in [&self.redis, &self.reader] {
+            let _: String = redis::cmd("PING").query_async(&mut connection.clone()).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the stream and the group if they do not exist yet.
+    pub async fn join(&self) -> Result<(), StoreError> {
+        let created: redis::RedisResult<()> =
+            self.redis.clone().xgroup_create_mkstream(self.stream(), GROUP, "0").await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Adds a job to the stream, for any host to run.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), StoreError> {
+        let json = serde_json::to_string(envelope).expect("a job serialises");
+        let _: String = self.redis.clone().xadd(self.stream(), "*", &[("job", json)]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Up to `count` new jobs for this host, waiting up to `block` for one.
+    pub async fn read(&self, count: usize, block: Duration) -> Result<Vec<Delivery>, StoreError> {
+        let options =
+            StreamReadOptions::default().group(GROUP, &self.consumer).count(count).block(block.as_millis() as usize);
+        let reply: Option<StreamReadReply> =
+            self.reader.clone().xread_options(&[self.stream()], &[">"], &options).await.map_err(unavailable)?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| Self::delivery(entry, false))
+            .collect())
+    }
+
+    /// Up to `count` jobs that other hosts read and left unacknowledged for
+    /// longer than the claim period: their hosts are gone.
+    pub async fn reclaim(&self, count: usize) -> Result<Vec<Delivery>, StoreError> {
+        let reply: StreamAutoClaimReply = self
+            .redis
+            .clone()
+            .xautoclaim_options(
+                self.stream(),
+                GROUP,
+                &self.consumer,
+                self.claim_after.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(reply.claimed.into_iter().map(|entry| Self::delivery(entry, true)).collect())
+    }
+
+    fn delivery(entry: StreamId, reclaimed: bool) -> Delivery {
+        let envelope = entry
+            .get::<String>("job")
+            .ok_or_else(|| "the entry has no job".to_string())
+            .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()));
+        Delivery { entry: entry.id, envelope, reclaimed }
+    }
+
+    /// Done with an entry: the job's outcome is written (or it had none to
+    /// write). Removes it from the group's pending list and the stream.
+    pub async fn ack(&self, entry: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let _: i64 = redis.xack(self.stream(), GROUP, &[entry]).await.map_err(unavailable)?;
+        let _: i64 = redis.xdel(self.stream(), &[entry]).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records that `owner`'s `name` means the component `bytes`.
+    pub async fn put_matcher(
+        &self,
+        owner: Option<&str>,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let _: () = redis.set_nx(self.component(digest), bytes).await.map_err(unavailable)?;
+        let _: () = redis.hset(self.names(owner), name, digest).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Forgets `owner`'s `name`. The bytes stay: another name, or a job in
+    /// the stream, may still need them.
+    pub async fn remove_matcher(&self, owner: Option<&str>, name: &str) -> Result<(), StoreError> {
+        let _: () = self.redis.clone().hdel(self.names(owner), name).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The digest `owner`'s `name` means across the deployment.
+    pub async fn matcher_digest(&self, owner: Option<&str>, name: &str) -> Result<Option<String>, StoreError> {
+        self.redis.clone().hget(self.names(owner), name).await.map_err(unavailable)
+    }
+
+    /// A component's bytes, by digest.
+    pub async fn component_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.redis.clone().get(self.component(digest)).await.map_err(unavailable)
+    }
+}
+
+/// Added to the longest job deadline to give the time after which an
+/// unacknowledged shared job is taken over by another host.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
+
+/// The jobs a host accepted into the stream, whichever host runs them:
+/// each holds its tenant's pending-quota place and a done signal until its
+/// task ends (or is gone).
+#[derive(Default)]
+pub struct Accepted {
+    jobs: std::sync::Mutex<std::collections::HashMap<TaskId, Followed>>,
+}
+
+struct Followed {
+    tenant: String,
+    _admission: crate::tenants::Admission,
+    done: tokio_util::sync::CancellationToken,
+}
+
+impl Accepted {
+    pub fn follow(&self, tenant: &str, id: TaskId, admission: crate::tenants::Admission) {
+        let followed = Followed {
+            tenant: tenant.to_string(),
+            _admission: admission,
+            done: tokio_util::sync::CancellationToken::new(),
+        };
+        self.jobs.lock().unwrap().insert(id, followed);
+    }
+
+    /// Fires once the job has ended; `None` if it is not followed here.
+    pub fn done(&self, id: TaskId) -> Option<tokio_util::sync::CancellationToken> {
+        self.jobs.lock().unwrap().get(&id).map(|f| f.done.clone())
+    }
+
+    fn followed(&self) -> Vec<(String, TaskId)> {
+        self.jobs.lock().unwrap().iter().map(|(id, f)| (f.tenant.clone(), *id)).collect()
+    }
+
+    /// Stops following a job that ended: gives back its quota place and
+    /// wakes whoever waits on it.
+    fn ended(&self, id: TaskId) {
+        let mut jobs = self.jobs.lock().unwrap();
+        if let Some(followed) = jobs.remove(&id) {
+            followed.done.cancel();
+        }
+        crate::tasks::give_back_spare_capacity(&mut jobs);
+    }
+}
+
+pub mod runner;
