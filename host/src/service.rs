@@ -139,6 +139,7 @@ impl Matchbox {
         if app.cluster.is_some() {
             tokio::spawn(crate::cluster::runner::consume(Arc::downgrade(&app)));
             tokio::spawn(crate::cluster::runner::follow_accepted(Arc::downgrade(&app)));
+            tokio::spawn(crate::cluster::runner::hear_ended(Arc::downgrade(&app)));
         }
         Ok(app)
     }

@@ -147,11 +147,22 @@ impl Drop for Host {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Its data directory, when it persists.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
+    /// A server that keeps nothing.
     pub async fn start() -> anyhow::Result<RedisServer> {
-        let mut server = RedisServer { port: free_port(), child: None };
+        let mut server = RedisServer { port: free_port(), child: None, dir: None };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// A server that writes every change to its append-only file before
+    /// answering, so a restart loses nothing it acknowledged.
+    pub async fn start_persistent() -> anyhow::Result<RedisServer> {
+        let mut server = RedisServer { port: free_port(), child: None, dir: Some(tempfile::tempdir()?) };
         server.restart().await?;
         Ok(server)
     }
@@ -171,8 +182,13 @@ impl RedisServer {
     /// Starts the server (again) on the same port and waits until it answers.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &self.dir {
+            Some(dir) => command.args(["--appendonly", "yes", "--appendfsync", "always"]).arg("--dir").arg(dir.path()),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (install Debian's redis-server package, as .ci/run does)")?;

@@ -232,3 +232,73 @@ fn uuid_now() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     format!("{:08x}-{:04x}-7000-8000-000000000000", ms >> 16, ms & 0xffff)
 }
+
+/// Redis killed in the middle of a run and restarted from its append-only
+/// file: every task that was answered 202 completes; the jobs whose
+/// outcome could not be written while Redis was down are taken over.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_accepted_task_is_lost_when_a_persistent_redis_restarts() {
+    let mut redis = RedisServer::start_persistent().await.unwrap();
+    let host = on_redis(&redis.url(), "matchbox", &["--job-timeout", "2s", "--workers", "1"]).await;
+    let client = reqwest::Client::new();
+    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    assert_eq!(client.put(host.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    let mut accepted = Vec::new();
+    for _ in 0..6 {
+        let reply = client.post(host.url("/jobs/match")).json(&job("misbehave", "slow")).send().await.unwrap();
+        assert_eq!(reply.status(), 202);
+        let body: Value = reply.json().await.unwrap();
+        accepted.push(body["task_id"].as_str().unwrap().to_string());
+    }
+    eventually("a job to be running", async || live_instances(&client, &host).await == 1).await;
+    redis.kill();
+    // Refused while Redis is down: nothing is accepted that is not stored.
+    let refused = client.post(host.url("/jobs/match")).json(&job("skills", "ada")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    redis.restart().await.unwrap();
+
+    for id in &accepted {
+        eventually("every accepted task to complete", async || {
+            let reply = client.get(host.url(&format!("/tasks/{id}"))).send().await.unwrap();
+            if reply.status() != 200 {
+                return false;
+            }
+            let task: Value = reply.json().await.unwrap();
+            task["status"] == "completed"
+        })
+        .await;
+    }
+}
+
+/// SIGTERM while a shared job runs past the drain timeout: the host hands
+/// the job back instead of cancelling its task, and another host runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_host_hands_its_unfinished_jobs_back() {
+    let prefix = prefix();
+    let flags = ["--job-timeout", "3s", "--workers", "1", "--drain-timeout", "200ms"];
+    let leaving = on_redis(SHARED_REDIS, &prefix, &flags).await;
+    let client = reqwest::Client::new();
+    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    assert_eq!(client.put(leaving.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    let accepted: Value = client
+        .post(leaving.url("/jobs/match"))
+        .json(&job("misbehave", "busy-1500"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["task_id"].as_str().unwrap().to_string();
+    eventually("the job to start", async || live_instances(&client, &leaving).await == 1).await;
+    let staying = on_redis(SHARED_REDIS, &prefix, &flags).await;
+    assert!(leaving.terminate().await.unwrap().success());
+
+    let task: Value = client.get(staying.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(task["status"], "running", "handed back, not cancelled: {task}");
+    eventually("the other host to complete the job", async || {
+        let task: Value = client.get(staying.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+        task["status"] == "completed"
+    })
+    .await;
+}

@@ -5,6 +5,7 @@
 //! <prefix>:jobs                    stream of jobs; consumer group "hosts", one consumer per host
 //! <prefix>:component:<sha256 hex>  a component's bytes, stored once
 //! <prefix>:matchers:<owner>        hash name -> digest; owner is a tenant, or "_shared"
+//! <prefix>:ended                   channel: the id of each task whose outcome was just written
 //! ```
 //!
 //! A host that accepts a job writes its task (pending) and then adds the job
@@ -57,6 +58,7 @@ pub struct Delivery {
 }
 
 pub struct Cluster {
+    client: redis::Client,
     /// For short commands.
     redis: ConnectionManager,
     /// For the blocking stream reads alone: a blocked read would hold up
@@ -96,9 +98,10 @@ impl Cluster {
         };
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), config(Duration::from_secs(2)))
             .map_err(unavailable)?;
-        let reader =
-            ConnectionManager::new_lazy_with_config(client, config(Duration::from_secs(5))).map_err(unavailable)?;
+        let reader = ConnectionManager::new_lazy_with_config(client.clone(), config(Duration::from_secs(5)))
+            .map_err(unavailable)?;
         Ok(Cluster {
+            client,
             redis,
             reader,
             prefix: prefix.to_string(),
@@ -109,6 +112,28 @@ impl Cluster {
 
     fn stream(&self) -> String {
         format!("{}:jobs", self.prefix)
+    }
+
+    fn ended_channel(&self) -> String {
+        format!("{}:ended", self.prefix)
+    }
+
+    /// Calls `ended` with each task id announced by any host, until it
+    /// returns false or the subscription breaks (then returns, to be called
+    /// again).
+    pub async fn on_ended(&self, mut ended: impl FnMut(TaskId) -> bool) -> Result<(), StoreError> {
+        use futures_util::StreamExt as _;
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(unavailable)?;
+        pubsub.subscribe(self.ended_channel()).await.map_err(unavailable)?;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            if let Some(id) = message.get_payload::<String>().ok().and_then(|s| s.parse().ok())
+                && !ended(id)
+            {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn names(&self, owner: Option<&str>) -> String {
@@ -200,6 +225,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Done with the entry of a job whose outcome is written: acknowledges
+    /// and deletes it, and announces the task's end, in one round trip.
+    pub async fn finished(&self, entry: &str, id: TaskId) -> Result<(), StoreError> {
+        let _: () = redis::pipe()
+            .xack(self.stream(), GROUP, &[entry])
+            .ignore()
+            .xdel(self.stream(), &[entry])
+            .ignore()
+            .publish(self.ended_channel(), id.to_string())
+            .ignore()
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Records that `owner`'s `name` means the component `bytes`.
     pub async fn put_matcher(
         &self,
@@ -271,7 +312,7 @@ impl Accepted {
 
     /// Stops following a job that ended: gives back its quota place and
     /// wakes whoever waits on it.
-    fn ended(&self, id: TaskId) {
+    pub fn ended(&self, id: TaskId) {
         let mut jobs = self.jobs.lock().unwrap();
         if let Some(followed) = jobs.remove(&id) {
             followed.done.cancel();

@@ -15,8 +15,9 @@ use crate::tasks::{TaskError, TaskOutcome};
 const READ_BLOCK: Duration = Duration::from_millis(500);
 /// How often a host looks for jobs to take over from hosts that are gone.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
-/// How often a host asks how the jobs it accepted are doing.
-const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+/// How often a host asks how the jobs it accepted are doing: the fallback
+/// for announcements missed while the subscription was down.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// Takes jobs from the stream for as long as the host runs and is not
 /// draining: no more than it can start soon (twice its workers, counting
@@ -128,6 +129,30 @@ async fn dispatch(app: &Matchbox, cluster: &Cluster, delivery: Delivery) {
         reclaimed,
     };
     slot.push(&tenant.name, tenant.quotas.concurrent_jobs, job);
+}
+
+/// Listens for the tasks other hosts (or this one) announce as ended, and
+/// ends those this host follows at once.
+pub async fn hear_ended(app: Weak<Matchbox>) {
+    loop {
+        let Some(cluster) = app.upgrade().and_then(|app| app.cluster.clone()) else { return };
+        let heard = cluster
+            .on_ended(|id| match app.upgrade() {
+                Some(app) => {
+                    app.accepted.ended(id);
+                    true
+                }
+                None => false,
+            })
+            .await;
+        if let Err(err) = heard {
+            tracing::debug!(%err, "cannot hear which tasks ended; following them by polling meanwhile");
+        }
+        if app.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(READ_BLOCK).await;
+    }
 }
 
 /// Follows the jobs this host accepted: once a task has ended (or is gone),

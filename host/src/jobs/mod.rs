@@ -261,7 +261,7 @@ async fn work(w: Worker) {
         let entry = job.entry.clone();
         let disposition = run_one(job, &w).instrument(span.clone()).await;
         if let (Some(entry), Some(cluster), Disposition::Done) = (entry, &w.cluster, disposition)
-            && let Err(err) = cluster.ack(&entry).await
+            && let Err(err) = cluster.finished(&entry, id).await
         {
             // Another host will run it again after the claim period; the
             // task's result is written once, so the rerun changes nothing.
