@@ -165,15 +165,15 @@ impl Matchbox {
             tenant: tenant.name.to_string(),
             limit: tenant.quotas.pending_tasks,
         })?;
+        let task = Task::pending(
+            self.clock.new_task_id(),
+            tenant.name.to_string(),
+            matcher.name.clone(),
+            self.clock.now(),
+            self.store.ttl(),
+        );
+        let id = task.task_id;
         if let Some(cluster) = &self.cluster {
-            let task = Task::pending(
-                self.clock.new_task_id(),
-                tenant.name.to_string(),
-                matcher.name.clone(),
-                self.clock.now(),
-                self.store.ttl(),
-            );
-            let id = task.task_id;
             // The task, then the job, both in Redis before the 202.
             self.store.insert(task.clone()).await?;
             let envelope = Envelope {
@@ -192,15 +192,6 @@ impl Matchbox {
         }
         let queue = self.jobs.queue();
         let slot = queue.reserve().ok_or(SubmitError::QueueFull(queue.capacity()))?;
-
-        let task = Task::pending(
-            self.clock.new_task_id(),
-            tenant.name.to_string(),
-            matcher.name.clone(),
-            self.clock.now(),
-            self.store.ttl(),
-        );
-        let id = task.task_id;
         let span = tracing::info_span!("task", task_id = %id, tenant = %tenant.name, matcher = %matcher.name);
         // Tracked before it is stored, so an expiry can never miss it.
         let (cancel, _done) = self.jobs.tracker().track(&tenant.name, id);

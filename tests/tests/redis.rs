@@ -28,6 +28,16 @@ fn job(matcher: &str, candidate: &str) -> Value {
     })
 }
 
+async fn upload_misbehave(client: &reqwest::Client, host: &Host) {
+    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    assert_eq!(client.put(host.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+}
+
+/// POSTs `body` to `url` and reads the JSON answer.
+async fn post(client: &reqwest::Client, url: String, body: &Value) -> Value {
+    client.post(url).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 /// Polls `f` until it holds, for at most 30 s.
 async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -62,47 +72,22 @@ async fn hosts_on_one_redis_share_tasks_jobs_and_matchers() {
     let client = reqwest::Client::new();
 
     // Submitted on a, read on b.
-    let done: Value = client
-        .post(a.url("/jobs/match?wait=30s"))
-        .json(&job("skills", "ada"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done: Value = post(&client, a.url("/jobs/match?wait=30s"), &job("skills", "ada")).await;
     assert_eq!(done["status"], "completed", "{done}");
     let id = done["task_id"].as_str().unwrap();
     let read: Value = client.get(b.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
     assert_eq!(read, done, "b serves the task a wrote");
 
     // A matcher uploaded on b runs for jobs submitted on a, on either host.
-    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    assert_eq!(client.put(b.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
-    let ran: Value = client
-        .post(a.url("/jobs/match?wait=30s"))
-        .json(&job("misbehave", "ada"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    upload_misbehave(&client, b).await;
+    let ran: Value = post(&client, a.url("/jobs/match?wait=30s"), &job("misbehave", "ada")).await;
     assert_eq!(ran["status"], "completed", "{ran}");
 
     // Jobs submitted on one host run on both.
     let before = [jobs_run(&client, a).await, jobs_run(&client, b).await];
     let mut ids = Vec::new();
     for _ in 0..12 {
-        let accepted: Value = client
-            .post(a.url("/jobs/match"))
-            .json(&job("misbehave", "slow"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let accepted: Value = post(&client, a.url("/jobs/match"), &job("misbehave", "slow")).await;
         ids.push(accepted["task_id"].as_str().unwrap().to_string());
     }
     for id in &ids {
@@ -117,8 +102,7 @@ async fn hosts_on_one_redis_share_tasks_jobs_and_matchers() {
     assert!(ran[0] > 0 && ran[1] > 0, "both hosts ran some of the jobs: {ran:?}");
 
     // Deleted through the host that is not running it: the other stops it.
-    let running: Value =
-        client.post(a.url("/jobs/match")).json(&job("misbehave", "loop")).send().await.unwrap().json().await.unwrap();
+    let running: Value = post(&client, a.url("/jobs/match"), &job("misbehave", "loop")).await;
     let id = running["task_id"].as_str().unwrap();
     let mut runner = 0;
     eventually("the job to start on a host", async || {
@@ -141,6 +125,16 @@ async fn hosts_on_one_redis_share_tasks_jobs_and_matchers() {
     assert_eq!(counts["tasks"]["completed"], 14, "one table, counted from either host: {counts}");
 }
 
+/// Uploads `misbehave` to `host`, submits a job that computes for 1.5 s,
+/// and returns its task id once the job is running there.
+async fn start_busy_job(client: &reqwest::Client, host: &Host) -> String {
+    upload_misbehave(client, host).await;
+    let reply = client.post(host.url("/jobs/match")).json(&job("misbehave", "busy-1500")).send().await.unwrap();
+    let accepted: Value = reply.json().await.unwrap();
+    eventually("the job to start", async || live_instances(client, host).await == 1).await;
+    accepted["task_id"].as_str().unwrap().to_string()
+}
+
 /// A host killed in the middle of a job: another host takes the job over
 /// once the claim period (deadline + grace) has passed, and completes it.
 #[tokio::test(flavor = "multi_thread")]
@@ -149,19 +143,7 @@ async fn a_job_whose_host_dies_is_completed_by_another() {
     let flags = ["--job-timeout", "3s", "--workers", "1"];
     let doomed = on_redis(SHARED_REDIS, &prefix, &flags).await;
     let client = reqwest::Client::new();
-    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    assert_eq!(client.put(doomed.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
-    let accepted: Value = client
-        .post(doomed.url("/jobs/match"))
-        .json(&job("misbehave", "busy-1500"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = accepted["task_id"].as_str().unwrap().to_string();
-    eventually("the job to start", async || live_instances(&client, &doomed).await == 1).await;
+    let id = start_busy_job(&client, &doomed).await;
     drop(doomed); // SIGKILL, mid-job
 
     let survivor = on_redis(SHARED_REDIS, &prefix, &flags).await;
@@ -179,17 +161,8 @@ async fn a_job_whose_host_dies_is_completed_by_another() {
 async fn a_job_whose_task_expires_in_redis_is_stopped() {
     let host = on_redis(SHARED_REDIS, &prefix(), &["--task-ttl", "2s", "--job-timeout", "1h"]).await;
     let client = reqwest::Client::new();
-    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    assert_eq!(client.put(host.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
-    let running: Value = client
-        .post(host.url("/jobs/match"))
-        .json(&job("misbehave", "loop"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    upload_misbehave(&client, &host).await;
+    let running: Value = post(&client, host.url("/jobs/match"), &job("misbehave", "loop")).await;
     let id = running["task_id"].as_str().unwrap();
     eventually("the job to start", async || live_instances(&client, &host).await == 1).await;
     // Redis deletes the key after 2 s; the host notices and stops the job.
@@ -241,8 +214,7 @@ async fn no_accepted_task_is_lost_when_a_persistent_redis_restarts() {
     let mut redis = RedisServer::start_persistent().await.unwrap();
     let host = on_redis(&redis.url(), "matchbox", &["--job-timeout", "2s", "--workers", "1"]).await;
     let client = reqwest::Client::new();
-    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    assert_eq!(client.put(host.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
+    upload_misbehave(&client, &host).await;
     let mut accepted = Vec::new();
     for _ in 0..6 {
         let reply = client.post(host.url("/jobs/match")).json(&job("misbehave", "slow")).send().await.unwrap();
@@ -278,19 +250,7 @@ async fn a_draining_host_hands_its_unfinished_jobs_back() {
     let flags = ["--job-timeout", "3s", "--workers", "1", "--drain-timeout", "200ms"];
     let leaving = on_redis(SHARED_REDIS, &prefix, &flags).await;
     let client = reqwest::Client::new();
-    let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    assert_eq!(client.put(leaving.url("/matchers/misbehave")).body(misbehave).send().await.unwrap().status(), 201);
-    let accepted: Value = client
-        .post(leaving.url("/jobs/match"))
-        .json(&job("misbehave", "busy-1500"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = accepted["task_id"].as_str().unwrap().to_string();
-    eventually("the job to start", async || live_instances(&client, &leaving).await == 1).await;
+    let id = start_busy_job(&client, &leaving).await;
     let staying = on_redis(SHARED_REDIS, &prefix, &flags).await;
     assert!(leaving.terminate().await.unwrap().success());
 

@@ -83,6 +83,24 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Moves `tenant`'s task `id` to running if `from` accepts its status.
+    fn to_running(&self, tenant: &str, id: TaskId, from: impl Fn(TaskStatus) -> bool) -> bool {
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
+        match state.tasks.get_mut(&id) {
+            Some(entry) if entry.task.tenant == tenant && from(entry.task.status) => {
+                state.by_status.moved(entry.task.status, TaskStatus::Running);
+                entry.task.status = TaskStatus::Running;
+                entry.task.touch(now);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Drop for MemoryStore {
     fn drop(&mut self) {
         self.purge.abort();
@@ -166,34 +184,11 @@ impl TaskStore for MemoryStore {
     }
 
     async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        let now = self.shared.clock.now();
-        let mut state = self.shared.state.lock().unwrap();
-        let state = &mut *state;
-        match state.tasks.get_mut(&id) {
-            Some(entry) if entry.task.tenant == tenant && entry.task.status == TaskStatus::Pending => {
-                entry.task.status = TaskStatus::Running;
-                entry.task.touch(now);
-                state.by_status.moved(TaskStatus::Pending, TaskStatus::Running);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.to_running(tenant, id, |status| status == TaskStatus::Pending))
     }
 
     async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        let now = self.shared.clock.now();
-        let mut state = self.shared.state.lock().unwrap();
-        let state = &mut *state;
-        match state.tasks.get_mut(&id) {
-            Some(entry) if entry.task.tenant == tenant && !entry.task.status.is_terminal() => {
-                let from = entry.task.status;
-                entry.task.status = TaskStatus::Running;
-                entry.task.touch(now);
-                state.by_status.moved(from, TaskStatus::Running);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.to_running(tenant, id, |status| !status.is_terminal()))
     }
 
     async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
