@@ -54,6 +54,8 @@ pub struct Metrics {
     pub job_seconds: Family<MatcherLabels, Histogram>,
     pub instantiate_seconds: Histogram,
     pub tasks_expired: Counter,
+    /// Shared jobs this host took over from hosts that did not finish them.
+    pub jobs_taken_over: Counter,
     tasks: Gauge,
     tasks_by_status: Family<StatusLabels, Gauge>,
     jobs_in_flight: Gauge,
@@ -83,6 +85,7 @@ impl Metrics {
         });
         let instantiate_seconds = Histogram::new(exponential_buckets(5e-6, 4.0, 10));
         let tasks_expired = Counter::default();
+        let jobs_taken_over = Counter::default();
         let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water] =
             std::array::from_fn(|_| Gauge::default());
         let r = &mut registry;
@@ -94,6 +97,11 @@ impl Metrics {
             instantiate_seconds.clone(),
         );
         r.register("matchbox_tasks_expired", "Tasks deleted because their time to live lapsed", tasks_expired.clone());
+        r.register(
+            "matchbox_jobs_taken_over",
+            "Shared jobs this host took over from hosts that did not finish them",
+            jobs_taken_over.clone(),
+        );
         r.register("matchbox_tasks", "Tasks in the task table", tasks.clone());
         let tasks_by_status = Family::<StatusLabels, Gauge>::default();
         r.register("matchbox_tasks_by_status", "Tasks in the task table, by status", tasks_by_status.clone());
@@ -114,6 +122,7 @@ impl Metrics {
             job_seconds,
             instantiate_seconds,
             tasks_expired,
+            jobs_taken_over,
             tasks,
             tasks_by_status,
             jobs_in_flight,

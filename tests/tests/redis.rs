@@ -155,20 +155,29 @@ async fn a_job_whose_host_dies_is_completed_by_another() {
     })
     .await;
     assert_eq!(jobs_run(&client, &survivor).await, 1, "the survivor ran it");
+    let metrics = client.get(survivor.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "matchbox_jobs_taken_over_total 1"), "{metrics}");
 }
 
+/// A job runs on whichever host took it; when its task's time to live
+/// lapses in Redis, that host stops it, and the task is gone on both.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_task_expires_in_redis_is_stopped() {
-    let host = on_redis(SHARED_REDIS, &prefix(), &["--task-ttl", "2s", "--job-timeout", "1h"]).await;
+    let prefix = prefix();
+    let flags = ["--task-ttl", "2s", "--job-timeout", "1h"];
+    let hosts = [on_redis(SHARED_REDIS, &prefix, &flags).await, on_redis(SHARED_REDIS, &prefix, &flags).await];
     let client = reqwest::Client::new();
-    upload_misbehave(&client, &host).await;
-    let running: Value = post(&client, host.url("/jobs/match"), &job("misbehave", "loop")).await;
+    upload_misbehave(&client, &hosts[0]).await;
+    let running: Value = post(&client, hosts[0].url("/jobs/match"), &job("misbehave", "loop")).await;
     let id = running["task_id"].as_str().unwrap();
-    eventually("the job to start", async || live_instances(&client, &host).await == 1).await;
-    // Redis deletes the key after 2 s; the host notices and stops the job.
-    eventually("the expired task's job to stop", async || live_instances(&client, &host).await == 0).await;
-    let gone = client.get(host.url(&format!("/tasks/{id}"))).send().await.unwrap().status();
-    assert_eq!(gone, 410, "the task expired");
+    let live = async || live_instances(&client, &hosts[0]).await + live_instances(&client, &hosts[1]).await;
+    eventually("the job to start on a host", async || live().await == 1).await;
+    // Redis deletes the key after 2 s; the host running the job notices.
+    eventually("the expired task's job to stop", async || live().await == 0).await;
+    for host in &hosts {
+        let gone = client.get(host.url(&format!("/tasks/{id}"))).send().await.unwrap().status();
+        assert_eq!(gone, 410, "the task expired");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -114,6 +114,7 @@ async fn dispatch(app: &Matchbox, cluster: &Cluster, delivery: Delivery) {
     let (cancel, _done) = app.jobs.tracker().track(&tenant.name, id);
     let span = tracing::info_span!("task", task_id = %id, tenant = %tenant.name, matcher = %matcher.name);
     if reclaimed {
+        app.metrics.jobs_taken_over.inc();
         span.in_scope(|| tracing::info!("took over a job its host did not finish"));
     }
     let job = Job {
