@@ -308,7 +308,7 @@ const LOST_TASK_CHECK: Duration = Duration::from_millis(250);
 
 /// Stops jobs whose task is gone from the store: expired there, or deleted
 /// by another host. The memory store reports its own expiries as they
-/// happen (`OnExpire`), so for it this finds nothing.
+/// happen (`OnExpire`), so for it this finds nothing new.
 async fn stop_jobs_of_lost_tasks(
     tracker: std::sync::Weak<JobTracker>,
     store: std::sync::Weak<dyn TaskStore>,
@@ -323,9 +323,12 @@ async fn stop_jobs_of_lost_tasks(
         if in_flight.is_empty() {
             continue;
         }
-        match store.gone(&in_flight).await {
-            Ok(gone) => {
+        match store.statuses(&in_flight).await {
+            Ok(statuses) => {
+                let gone = in_flight.iter().zip(statuses).filter(|(_, s)| s.is_none()).map(|((_, id), _)| *id);
                 for id in gone {
+                    // Expiries the memory store reported itself were cancelled
+                    // then, so `cancel` is false for them here.
                     if tracker.cancel(id) {
                         metrics.tasks_expired.inc();
                         tracing::info!(task_id = %id, "the task is gone from the store while its job was in flight; cancelled it");

@@ -221,9 +221,12 @@ impl TaskStore for MemoryStore {
         Ok(self.shared.state.lock().unwrap().tasks.len())
     }
 
-    async fn gone(&self, _tasks: &[(String, TaskId)]) -> Result<Vec<TaskId>, StoreError> {
-        // The purge tells the host of every expiry as it happens (OnExpire).
-        Ok(Vec::new())
+    async fn statuses(&self, tasks: &[(String, TaskId)]) -> Result<Vec<Option<TaskStatus>>, StoreError> {
+        let state = self.shared.state.lock().unwrap();
+        Ok(tasks
+            .iter()
+            .map(|(tenant, id)| state.tasks.get(id).filter(|e| e.task.tenant == *tenant).map(|e| e.task.status))
+            .collect())
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {

@@ -263,7 +263,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// started and never finished. `Ok(false)` if the task is gone or ended.
     async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
 
-    /// The status of each of `tasks`, `None` for one that no longer exists.
+    /// The status of each of `tasks`, `None` for one that no longer exists
+    /// (deleted, or expired): the host stops the jobs of those, and answers
+    /// `?wait=` for the ended ones it follows.
     async fn statuses(&self, tasks: &[(String, TaskId)]) -> Result<Vec<Option<TaskStatus>>, StoreError> {
         let mut out = Vec::with_capacity(tasks.len());
         for (tenant, id) in tasks {
@@ -278,19 +280,6 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Deletes a task. `Ok(false)` if it was not there.
     async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
-
-    /// Which of `tasks` no longer exist (deleted or expired): the host
-    /// stops their jobs. Stores that tell the host of expiry themselves (the
-    /// memory store's purge) need not be asked.
-    async fn gone(&self, tasks: &[(String, TaskId)]) -> Result<Vec<TaskId>, StoreError> {
-        let mut gone = Vec::new();
-        for (tenant, id) in tasks {
-            if self.get(tenant, *id).await?.is_none() {
-                gone.push(*id);
-            }
-        }
-        Ok(gone)
-    }
 
     /// Tasks held right now.
     async fn count(&self) -> Result<usize, StoreError>;

@@ -349,18 +349,6 @@ impl TaskStore for RedisStore {
         Ok(TaskCounts { pending, running, completed, failed, cancelled })
     }
 
-    async fn gone(&self, tasks: &[(String, TaskId)]) -> Result<Vec<TaskId>, StoreError> {
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (tenant, id) in tasks {
-            pipe.exists(self.key(tenant, *id));
-        }
-        let exists: Vec<bool> = pipe.query_async(&mut self.redis.clone()).await.map_err(unavailable)?;
-        Ok(tasks.iter().zip(exists).filter(|(_, e)| !e).map(|((_, id), _)| *id).collect())
-    }
-
     async fn check(&self) -> Result<(), StoreError> {
         let _: String = redis::cmd("PING").query_async(&mut self.redis.clone()).await.map_err(unavailable)?;
         Ok(())

@@ -174,11 +174,6 @@ impl Tenants {
         Ok(Tenants { all, auth: true })
     }
 
-    /// Whether callers must present a key.
-    pub fn requires_auth(&self) -> bool {
-        self.auth
-    }
-
     pub fn all(&self) -> &[Arc<Tenant>] {
         &self.all
     }
