@@ -1,6 +1,10 @@
 //! `matchbox serve` settings: every flag has an environment variable
 //! (`MATCHBOX_*`) and a default, and [`Config::default`] is exactly what
 //! `matchbox serve` runs with when given nothing.
+//!
+//! This is the top of the crate: flags are parsed here, into the types the
+//! layers below own ([`Backend`], [`HostLimits`], [`RegistryConfig`]), and
+//! handed to the service as its [`Settings`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +13,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::registry::RegistryConfig;
-use crate::runtime::{JobLimits, SandboxConfig};
+use crate::service::{HttpLimits, Settings};
+use crate::support::units::{parse_duration, parse_size};
+use crate::tasks::Backend;
+use crate::tenants::HostLimits;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "matchbox serve", about = "Serve the matchbox HTTP API on its embedded defaults.")]
@@ -21,8 +28,8 @@ pub struct Config {
 
     /// A tenants file (TOML, see the README): API keys and quotas. Without
     /// one, matchbox serves a single tenant and asks for no key.
-    #[arg(long, env = "MATCHBOX_CONFIG")]
-    pub config: Option<PathBuf>,
+    #[arg(long = "config", env = "MATCHBOX_CONFIG", value_name = "TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
 
     /// Serve a non-loopback address without tenants, i.e. without API keys.
     #[arg(long, env = "MATCHBOX_INSECURE_NO_AUTH")]
@@ -39,8 +46,8 @@ pub struct Config {
 
     /// Where the task table lives: `memory` (this process), or a Redis URL
     /// (`redis://host:6379/0`) for a table that outlives the process.
-    #[arg(long, env = "MATCHBOX_STORE", default_value = "memory")]
-    pub store: String,
+    #[arg(long, env = "MATCHBOX_STORE", default_value = "memory", value_parser = clap::value_parser!(Backend))]
+    pub store: Backend,
 
     /// Prefix of every Redis key: hosts with the same prefix share a table.
     #[arg(long, env = "MATCHBOX_REDIS_PREFIX", default_value = "matchbox")]
@@ -121,34 +128,10 @@ impl Config {
         self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
     }
 
-    pub fn sandbox(&self) -> SandboxConfig {
-        SandboxConfig {
-            max_memory: self.max_memory,
-            // One instance per worker, and room for matchers being loaded.
-            instances: (self.workers() + 4) as u32,
-            ..SandboxConfig::default()
-        }
-    }
-
-    pub fn registry(&self) -> RegistryConfig {
-        let under = |base: Option<PathBuf>| base.map(|b| b.join("matchbox"));
-        RegistryConfig {
-            data_dir: self.data_dir.clone().or_else(|| under(dirs::data_dir())),
-            cache_dir: self.cache_dir.clone().or_else(|| under(dirs::cache_dir())),
-            matchers_dir: self.matchers_dir.clone(),
-            max_component_size: self.max_component_size,
-            ..RegistryConfig::default()
-        }
-    }
-
-    pub fn job_limits(&self) -> JobLimits {
-        JobLimits { memory: self.max_memory, deadline: self.job_timeout, ..JobLimits::default() }
-    }
-
     /// Refuses to serve a non-loopback address with no API keys, unless told
     /// `--insecure-no-auth`.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
-        if self.config.is_none() && !self.insecure_no_auth && !self.listen.ip().is_loopback() {
+        if self.tenants_file.is_none() && !self.insecure_no_auth && !self.listen.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {} without API keys: give a tenants file with --config, listen on a \
                  loopback address, or pass --insecure-no-auth",
@@ -159,29 +142,38 @@ impl Config {
     }
 }
 
-/// Parses `90s`, `5m`, `1h`, `250ms`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("'{s}' is not a duration such as 90s, 5m or 1h: {e}"))
-}
-
-/// Parses a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `KB`, `MB`,
-/// `GB` as powers of ten).
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: usize = digits.parse().map_err(|_| format!("'{s}' is not a size such as 64MiB"))?;
-    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => return Err(format!("'{s}': unknown size unit '{other}' (use KiB, MiB or GiB)")),
-    };
-    n.checked_mul(multiplier).ok_or_else(|| format!("'{s}' is too large"))
+impl From<Config> for Settings {
+    fn from(config: Config) -> Settings {
+        let workers = config.workers();
+        let under = |base: Option<PathBuf>| base.map(|b| b.join("matchbox"));
+        Settings {
+            backend: config.store,
+            redis_prefix: config.redis_prefix,
+            tenants_file: config.tenants_file,
+            limits: HostLimits {
+                workers,
+                queue: config.queue,
+                max_memory: config.max_memory,
+                job_timeout: config.job_timeout,
+                max_postings: config.max_postings,
+            },
+            task_ttl: config.task_ttl,
+            max_tasks: config.max_tasks,
+            tasks_high_water: config.tasks_high_water,
+            registry: RegistryConfig {
+                data_dir: config.data_dir.or_else(|| under(dirs::data_dir())),
+                cache_dir: config.cache_dir.or_else(|| under(dirs::cache_dir())),
+                matchers_dir: config.matchers_dir,
+                max_component_size: config.max_component_size,
+                ..RegistryConfig::default()
+            },
+            http: HttpLimits {
+                max_body: config.max_body,
+                max_wait: config.max_wait,
+                max_component_size: config.max_component_size,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,17 +203,5 @@ mod tests {
         assert!(err.contains("refusing to listen on 0.0.0.0:8080"), "{err}");
         assert!(on("0.0.0.0:8080", &["--insecure-no-auth"]).is_ok());
         assert!(on("0.0.0.0:8080", &["--config", "matchbox.toml"]).is_ok());
-    }
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("1000"), Ok(1000));
-        assert!(parse_size("12 parsecs").is_err());
     }
 }

@@ -6,22 +6,29 @@
 //! the ranked result on the task, and deletes the task when its time to live
 //! lapses, stopping its job if it is still running.
 //!
-//! How the crate is laid out:
+//! How the crate is laid out, bottom-up: each module imports only from the
+//! ones listed before it (`tests/layers.rs` checks it), and where a lower
+//! one needs something of a higher one, it defines a small trait that the
+//! higher one implements.
 //!
-//! - [`config`]: `matchbox serve` flags, environment variables and defaults;
-//! - [`cli`]: the client commands (`matchbox submit`, `task`, `matchers`);
-//! - [`api`]: the HTTP routes, request checks and the one error type;
-//! - [`service`]: [`Matchbox`], the service the API calls, put together from
-//!   the parts below;
-//! - [`tasks`]: the [`tasks::TaskStore`] trait, the in-memory table with its
-//!   expiry index, and the conformance suite every store passes;
-//! - [`jobs`]: the bounded queue (fair across tenants), the workers and the
-//!   jobs in flight;
-//! - [`tenants`]: API keys, quotas, and the tenants file;
+//! - [`support`]: small shared helpers (durations and sizes, the name rule,
+//!   atomic file writes, giving spare capacity back);
 //! - [`runtime`]: the wasmtime sandbox, one fresh Store per job;
-//! - [`registry`]: the matchers this host can run;
+//! - [`tasks`]: the [`tasks::TaskStore`] trait, the in-memory table with its
+//!   expiry index, the Redis store, and the conformance suite every store
+//!   passes;
+//! - [`registry`]: the matchers this host can run (it defines
+//!   [`registry::MatcherShare`] for sharing uploads with other hosts);
+//! - [`tenants`]: API keys, quotas, and the tenants file;
 //! - [`metrics`]: what `GET /metrics` reports;
-//! - [`cluster`]: jobs and matchers shared by hosts through Redis.
+//! - [`jobs`]: the bounded queue (fair across tenants), the workers, the
+//!   jobs in flight and the ones accepted for the deployment (it defines
+//!   [`jobs::Claim`] for jobs another host could run);
+//! - [`cluster`]: jobs and matchers shared by hosts through Redis;
+//! - [`service`]: [`Matchbox`], the one façade, with one intake for a job;
+//! - [`api`]: the HTTP routes, request checks and the one error type;
+//! - [`config`] and [`cli`]: `matchbox serve` flags, which assemble the
+//!   layers, and the client commands.
 //!
 //! [`app`] and [`run`] are what `main.rs` and the tests call.
 
@@ -34,6 +41,7 @@ pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod service;
+pub mod support;
 pub mod tasks;
 pub mod tenants;
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use crate::tasks::{TaskCounts, TaskStatus};
 
@@ -216,12 +217,12 @@ pub struct MemoryHistory {
 }
 
 impl MemoryHistory {
-    /// Every `every`, for `window`; sampling stops when the history is dropped.
-    /// Must be called inside a tokio runtime.
-    pub fn start(every: Duration, window: Duration) -> Arc<Self> {
+    /// Every `every`, for `window`; sampling stops when `stop` fires. Must
+    /// be called inside a tokio runtime.
+    pub fn start(every: Duration, window: Duration, stop: CancellationToken) -> Arc<Self> {
         let keep = (window.as_millis() / every.as_millis().max(1)).max(1) as usize;
         let history = Arc::new(MemoryHistory { samples: Mutex::new(VecDeque::with_capacity(keep)), keep });
-        tokio::spawn(sample(Arc::downgrade(&history), every));
+        tokio::spawn(sample(history.clone(), every, stop));
         history
     }
 
@@ -239,12 +240,14 @@ impl MemoryHistory {
     }
 }
 
-async fn sample(history: Weak<MemoryHistory>, every: Duration) {
+async fn sample(history: Arc<MemoryHistory>, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        ticks.tick().await;
-        let Some(history) = history.upgrade() else { return };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
         let Some(rss) = resident_memory_bytes() else { return };
         let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         history.record(MemorySample { at_ms: at_ms.as_millis() as u64, resident_memory_bytes: rss });

@@ -31,8 +31,8 @@ async fn service(configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
     configure(&mut config);
     let app = Matchbox::new(config).await.unwrap();
     let bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
-    let tenant = app.tenants.get(matchbox::tenants::DEFAULT_TENANT).unwrap().clone();
-    app.registry.upload(&tenant, "misbehave", bytes).await.unwrap();
+    let tenant = app.tenant(matchbox::tenants::DEFAULT_TENANT).unwrap();
+    app.upload(&tenant, "misbehave", bytes).await.unwrap();
     app
 }
 
@@ -92,7 +92,7 @@ async fn wait_done(app: &Arc<Matchbox>, id: &str) -> Value {
             if ["completed", "failed", "cancelled"].contains(&status.as_str()) {
                 return reply.body;
             }
-            if let Some(done) = app.jobs.tracker().done(id.parse().unwrap()) {
+            if let Some(done) = app.job_done(id.parse().unwrap()) {
                 done.cancelled().await;
             }
         }
@@ -119,7 +119,7 @@ async fn submit_then_poll() {
     assert_eq!(rankings[0]["posting_id"], "p0");
     assert!(rankings[0]["reasons"].as_array().unwrap().iter().any(|r| r == "2/2 required skills"));
     assert!(task.get("error").is_none(), "no error on a completed task");
-    bounded("live instances to drain", app.sandbox.live().wait_for_zero()).await;
+    bounded("live instances to drain", app.live_instances().wait_for_zero()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +141,7 @@ async fn wait_that_runs_out_answers_202() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let id = reply.body["task_id"].as_str().unwrap();
     assert_eq!(call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await.status, StatusCode::NO_CONTENT);
-    bounded("the cancelled guest to stop", app.sandbox.live().wait_for_zero()).await;
+    bounded("the cancelled guest to stop", app.live_instances().wait_for_zero()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,12 +160,12 @@ async fn delete_cancels_a_running_job_and_deletes_the_task() {
     let app = service(|c| c.job_timeout = Duration::from_secs(3600)).await;
     let reply = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("loop", 1), "misbehave"))).await;
     let id = reply.body["task_id"].as_str().unwrap().to_string();
-    bounded("the guest to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    bounded("the guest to start", app.live_instances().wait_for(|n| n == 1)).await;
     assert_eq!(call(&app, Method::GET, &format!("/tasks/{id}"), None).await.body["status"], "running");
 
     let reply = call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
-    bounded("the cancelled guest to stop", app.sandbox.live().wait_for_zero()).await;
+    bounded("the cancelled guest to stop", app.live_instances().wait_for_zero()).await;
     let reply = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "a deleted task is gone");
     let reply = call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await;
@@ -190,7 +190,7 @@ async fn a_failing_guest_fails_its_own_task_only() {
 async fn unknown_expired_and_malformed_ids() {
     let app = service(|_| {}).await;
     // A UUIDv7 stamped now: never issued, so unknown.
-    let fresh = app.clock.new_task_id();
+    let fresh = app.new_task_id();
     let reply = call(&app, Method::GET, &format!("/tasks/{fresh}"), None).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&reply), "task_not_found");
@@ -300,7 +300,7 @@ async fn caps_and_ranges_name_the_field() {
         let got = reply.body["error"]["message"].as_str().unwrap();
         assert!(got.contains(message), "expected '{message}' in '{got}'");
     }
-    assert_eq!(app.store.count().await.unwrap(), 0, "no refused request left a task behind");
+    assert_eq!(app.tasks_held().await.unwrap(), 0, "no refused request left a task behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -312,7 +312,7 @@ async fn a_full_queue_answers_429_and_accepted_jobs_still_complete() {
     })
     .await;
     let blocker = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("loop", 1), "misbehave"))).await;
-    bounded("the blocker to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    bounded("the blocker to start", app.live_instances().wait_for(|n| n == 1)).await;
     let queued: Vec<String> = submit_many(&app, 2).await;
 
     let refused = call(&app, Method::POST, "/jobs/match", Some(job("ada", 1))).await;
@@ -362,13 +362,13 @@ async fn a_job_still_running_at_expiry_is_stopped_and_its_task_deleted() {
     .await;
     let reply = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("loop", 1), "misbehave"))).await;
     let id = reply.body["task_id"].as_str().unwrap().to_string();
-    bounded("the guest to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    bounded("the guest to start", app.live_instances().wait_for(|n| n == 1)).await;
 
     // The guest would loop for an hour; expiry stops it after a second.
-    bounded("expiry to stop the guest", app.sandbox.live().wait_for_zero()).await;
-    bounded("the job to be forgotten", app.jobs.tracker().wait_empty()).await;
-    assert_eq!(app.store.count().await.unwrap(), 0, "the entry is deleted, not marked");
-    assert_eq!(app.metrics.tasks_expired.get(), 1);
+    bounded("expiry to stop the guest", app.live_instances().wait_for_zero()).await;
+    bounded("the job to be forgotten", app.idle()).await;
+    assert_eq!(app.tasks_held().await.unwrap(), 0, "the entry is deleted, not marked");
+    assert_eq!(app.tasks_expired(), 1);
     let reply = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;
     assert_eq!(reply.status, StatusCode::GONE);
 }

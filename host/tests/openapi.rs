@@ -187,7 +187,7 @@ async fn real_responses_validate_against_the_document() {
     calls.push(("post", "/jobs/match", failed));
     calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}"), None).await));
     let busy = send(&app, "post", "/jobs/match", json_body(with_matcher(job("loop", 1), "mine"))).await;
-    bounded("the looping job to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    bounded("the looping job to start", app.live_instances().wait_for(|n| n == 1)).await;
     let queued = send(&app, "post", "/jobs/match", json_body(job("ada", 1))).await;
     calls.push((
         "get",
@@ -204,7 +204,7 @@ async fn real_responses_validate_against_the_document() {
     calls.push(("post", "/jobs/match", busy));
     // Bad requests are checked once the queue has room again (a full queue
     // is refused before the body is read).
-    bounded("the cancelled jobs to end", app.jobs.tracker().wait_empty()).await;
+    bounded("the cancelled jobs to end", app.idle()).await;
     calls.push(("post", "/jobs/match", send(&app, "post", "/jobs/match?wait=soon", json_body(job("ada", 1))).await));
     calls.push(("post", "/jobs/match", send(&app, "post", "/jobs/match", json_body(b"{".to_vec())).await));
     calls.push(("post", "/jobs/match", send(&app, "post", "/jobs/match", json_body(job("ada", 6))).await));

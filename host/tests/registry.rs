@@ -111,7 +111,7 @@ async fn every_bad_upload_is_refused_with_a_reason_and_changes_nothing() {
         assert_eq!(names(&app).await, before, "{name} changed the registry");
     }
     assert!(std::fs::read_dir(dirs.path().join("data/matchers")).unwrap().next().is_none(), "nothing was stored");
-    assert_eq!(app.sandbox.live().get(), 0);
+    assert_eq!(app.live_instances().get(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -156,7 +156,7 @@ async fn replacing_a_matcher_does_not_disturb_jobs_running_on_the_old_one() {
         let app = app.clone();
         tokio::spawn(async move { submit(&app, "swap", "slow", "30s").await })
     };
-    tokio::time::timeout(BOUND, app.sandbox.live().wait_for(|n| n == 1)).await.unwrap();
+    tokio::time::timeout(BOUND, app.live_instances().wait_for(|n| n == 1)).await.unwrap();
     // ...while the name is replaced by another component.
     let skills = matchbox::registry::BUILTINS[0].1.to_vec();
     let (status, body) = upload(&app, "swap", skills.clone()).await;
@@ -177,7 +177,7 @@ async fn replacing_a_matcher_does_not_disturb_jobs_running_on_the_old_one() {
     assert!(body["error"]["message"].as_str().unwrap().contains("is not sha256:"), "{body}");
     let (status, body) = submit(&app, &format!("swap@{}", matchbox::registry::digest(&skills)), "ada", "30s").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    tokio::time::timeout(BOUND, app.sandbox.live().wait_for_zero()).await.unwrap();
+    tokio::time::timeout(BOUND, app.live_instances().wait_for_zero()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,7 +188,7 @@ async fn uploads_survive_a_restart_and_load_from_the_cache_without_compiling() {
         let (status, body) = upload(&app, "kept", misbehave()).await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(
-            app.registry.stats.compiled.load(std::sync::atomic::Ordering::Relaxed),
+            app.load_stats().compiled.load(std::sync::atomic::Ordering::Relaxed),
             3,
             "two built-ins and the upload"
         );
@@ -196,10 +196,11 @@ async fn uploads_survive_a_restart_and_load_from_the_cache_without_compiling() {
     };
 
     let app = service(&dirs, |_| {}).await;
-    let kept = app.registry.get("kept").expect("the upload is back after a restart");
+    let kept =
+        app.shared_matchers().into_iter().find(|m| m.name == "kept").expect("the upload is back after a restart");
     assert_eq!(kept.digest, digest);
     assert_eq!(kept.source, Source::Uploaded);
-    let stats = &app.registry.stats;
+    let stats = app.load_stats();
     assert_eq!(stats.compiled.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing compiled on the second start");
     assert_eq!(stats.cache_hits.load(std::sync::atomic::Ordering::Relaxed), 3);
     let (status, task) = submit(&app, "kept", "honest", "30s").await;
@@ -243,7 +244,7 @@ async fn a_matchers_directory_is_loaded_at_start_and_read_only() {
     std::fs::create_dir_all(&matchers).unwrap();
     std::fs::write(matchers.join("house.wasm"), misbehave()).unwrap();
     let app = service(&dirs, |c| c.matchers_dir = Some(matchers.clone())).await;
-    assert_eq!(app.registry.get("house").unwrap().source, Source::Directory);
+    assert_eq!(app.shared_matchers().into_iter().find(|m| m.name == "house").unwrap().source, Source::Directory);
     let (status, _) = submit(&app, "house", "honest", "30s").await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = upload(&app, "house", misbehave()).await;

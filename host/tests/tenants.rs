@@ -31,7 +31,7 @@ async fn host(tenants: &[(&str, NewTenant)], configure: impl FnOnce(&mut Config)
 async fn start(dir: &tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
     let mut config = Config {
         workers: Some(2),
-        config: Some(dir.path().join("matchbox.toml")),
+        tenants_file: Some(dir.path().join("matchbox.toml")),
         data_dir: Some(dir.path().join("data")),
         cache_dir: Some(dir.path().join("cache")),
         ..Config::default()
@@ -84,7 +84,7 @@ async fn upload(app: &Arc<Matchbox>, key: &str, name: &str, bytes: Vec<u8>) -> R
 }
 
 async fn wait_ended(app: &Arc<Matchbox>, key: &str, id: &str) -> Value {
-    if let Some(done) = app.jobs.tracker().done(id.parse().unwrap()) {
+    if let Some(done) = app.job_done(id.parse().unwrap()) {
         bounded("the job to end", done.cancelled()).await;
     }
     let reply = call(app, Some(key), Method::GET, &format!("/tasks/{id}"), None).await;
@@ -117,7 +117,7 @@ async fn keys_are_required_and_checked() {
     let wrong = call(app, Some("mbx_not-a-key"), Method::POST, "/jobs/match", Some(job("skills", "ada", 1, 0))).await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.headers[header::WWW_AUTHENTICATE], r#"Bearer realm="matchbox", error="invalid_token""#);
-    assert_eq!(app.store.count().await.unwrap(), 0, "nothing was accepted");
+    assert_eq!(app.tasks_held().await.unwrap(), 0, "nothing was accepted");
 
     let basic = Request::builder().uri("/matchers").header(header::AUTHORIZATION, "Basic YWNtZTpwdw==");
     let basic = common::send(matchbox::app(app.clone()), basic.body(Body::empty()).unwrap()).await;
@@ -212,7 +212,7 @@ async fn quotas_hold_a_tenant_back_and_no_one_else() {
     // a's first job runs (and sleeps); its second waits, as a may run one
     // job at a time, though a worker is free.
     let first = task_id(&submit(app, a, "misbehave", "sleep").await);
-    bounded("a's first job to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    bounded("a's first job to start", app.live_instances().wait_for(|n| n == 1)).await;
     let second = task_id(&submit(app, a, "misbehave", "sleep").await);
     let over = submit(app, a, "misbehave", "sleep").await;
     assert_eq!((over.status, over.error_code()), (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"));
@@ -226,13 +226,13 @@ async fn quotas_hold_a_tenant_back_and_no_one_else() {
     assert_eq!(a_second.body["status"], "pending", "a's second job still waits for a's first");
 
     // Once a's first job ends, its second runs and a may submit again.
-    let first_done = app.jobs.tracker().done(first.parse().unwrap()).unwrap();
+    let first_done = app.job_done(first.parse().unwrap()).unwrap();
     assert_eq!(
         call(app, Some(a), Method::DELETE, &format!("/tasks/{first}"), None).await.status,
         StatusCode::NO_CONTENT
     );
     bounded("a's first job to end", first_done.cancelled()).await;
-    bounded("a's second job to start", app.sandbox.live().wait_for(|n| n == 1)).await;
+    bounded("a's second job to start", app.live_instances().wait_for(|n| n == 1)).await;
     let a_second = call(app, Some(a), Method::GET, &format!("/tasks/{second}"), None).await;
     assert_eq!(a_second.body["status"], "running");
     let third = task_id(&submit(app, a, "misbehave", "ada").await);
@@ -257,7 +257,7 @@ async fn a_flood_does_not_delay_another_tenants_job() {
     for _ in 0..FLOOD {
         flood.push(task_id(&submit(app, a, "misbehave", "slow").await));
     }
-    let waiting_before = app.tenants.get("a").unwrap().pending();
+    let waiting_before = app.tenant("a").unwrap().pending();
     assert!(waiting_before >= FLOOD - 2, "the flood is queued ({waiting_before} of {FLOOD} pending)");
 
     let b_job = call(app, Some(b), Method::POST, "/jobs/match?wait=60s", Some(job("skills", "ada", 1, 0))).await;

@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     postings: usize,
     /// Override the sandbox's keep-resident bytes (to compare settings).
-    #[arg(long, value_parser = matchbox::config::parse_size)]
+    #[arg(long, value_parser = matchbox::support::units::parse_size)]
     keep_resident: Option<usize>,
 }
 
@@ -44,8 +44,8 @@ fn ms(d: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bytes = std::fs::read(&args.component).with_context(|| format!("reading {}", args.component.display()))?;
-    let config = matchbox::Config::default();
-    let mut sandbox_config = config.sandbox();
+    let settings = matchbox::service::Settings::from(matchbox::Config::default());
+    let mut sandbox_config = settings.sandbox();
     if let Some(bytes) = args.keep_resident {
         sandbox_config.keep_resident = bytes;
     }
@@ -70,7 +70,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let pre = sandbox.prepare(&component)?;
-    let limits = JobLimits { deadline: Duration::from_secs(60), ..config.job_limits() };
+    let limits =
+        JobLimits { memory: settings.limits.max_memory, deadline: Duration::from_secs(60), ..JobLimits::default() };
     let started = Instant::now();
     let info = sandbox.info(&pre, &limits).await.map_err(|f| anyhow::anyhow!("info() failed: {}", f.message))?;
     let info_time = started.elapsed();

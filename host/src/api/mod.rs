@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        Ok(Caller(app.tenants.authenticate(parts.headers.get(header::AUTHORIZATION))?))
+        Ok(Caller(app.authenticate(parts.headers.get(header::AUTHORIZATION))?))
     }
 }
 
@@ -104,14 +104,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The router over `state`; tests call it with `oneshot`, without a socket.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_body;
-    let (router, document) = routes(state.config.max_component_size).split_for_parts();
+    let limits = state.http_limits();
+    let (router, document) = routes(limits.max_component_size).split_for_parts();
     let document = Arc::new(document.to_json().expect("the OpenAPI document serialises"));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(OpenApiJson(document)))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(limits.max_body))
         .with_state(state)
 }
 
@@ -154,22 +154,15 @@ async fn submit(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let wait = query.wait.as_deref().map(|w| parse_wait(w, app.config.max_wait)).transpose()?;
-    // Refuse before reading the body when the queue has no room: under
-    // overload, parsing megabytes that are refused anyway would take the CPU
-    // that serves everyone else. `submit` still reserves the slot for real.
-    if app.is_draining() {
-        return Err(crate::service::SubmitError::ShuttingDown.into());
-    }
-    // (With hosts sharing jobs, this host's queue only holds what it took
-    // from the stream; the deployment's room is the task table's.)
-    if app.cluster.is_none() && !app.jobs.queue().has_room() {
-        return Err(crate::service::SubmitError::QueueFull(app.jobs.queue().capacity()).into());
-    }
+    let wait = query.wait.as_deref().map(|w| parse_wait(w, app.http_limits().max_wait)).transpose()?;
+    // Refuse before reading the body when the job could not be accepted
+    // anyway: under overload, parsing megabytes that are refused would take
+    // the CPU that serves everyone else. `submit` checks again for real.
+    app.may_accept(&tenant)?;
     let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app).await?;
     let caps = Caps { max_postings: tenant.quotas.postings };
     let (matcher, input) = request.into_job(&caps)?;
-    let task = app.submit(&tenant, matcher.as_deref(), input).await?;
+    let task = app.submit(&tenant, matcher, input).await?;
     let location = HeaderValue::from_str(&format!("/tasks/{}", task.task_id)).expect("a uuid is a valid header");
 
     if let Some(wait) = wait {
@@ -189,7 +182,7 @@ async fn submit(
 }
 
 fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {
-    let wait = crate::config::parse_duration(raw).map_err(|e| ApiError::bad_request("invalid_wait", e))?;
+    let wait = crate::support::units::parse_duration(raw).map_err(|e| ApiError::bad_request("invalid_wait", e))?;
     if wait > max {
         return Err(ApiError::bad_request(
             "invalid_wait",
@@ -255,7 +248,7 @@ struct MatcherList {
         (status = 401, description = "No key or a wrong one", body = ErrorBody),
     ))]
 async fn list_matchers(State(app): State<AppState>, Caller(tenant): Caller) -> Json<MatcherList> {
-    Json(MatcherList { matchers: app.registry.list(&tenant).iter().map(|m| m.summary()).collect() })
+    Json(MatcherList { matchers: app.matchers(&tenant) })
 }
 
 /// One matcher.
@@ -271,8 +264,7 @@ async fn get_matcher(
     Caller(tenant): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<MatcherSummary>, ApiError> {
-    let matcher = app.registry.find(&tenant, &name).ok_or_else(|| unknown_matcher(&name))?;
-    Ok(Json(matcher.summary()))
+    Ok(Json(app.matcher(&tenant, &name).ok_or_else(|| unknown_matcher(&name))?))
 }
 
 fn unknown_matcher(name: &str) -> ApiError {
@@ -303,17 +295,17 @@ async fn upload_matcher(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
                 "the component is larger than the cap of {} bytes (--max-component-size)",
-                app.config.max_component_size
+                app.http_limits().max_component_size
             ))
         } else {
             ApiError::bad_request("bad_body", rejection.body_text())
         }
     })?;
-    let (matcher, created) = app.registry.upload(&tenant, &name, body.to_vec()).await?;
+    let (matcher, created) = app.upload(&tenant, &name, body.to_vec()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location =
         HeaderValue::from_str(&format!("/matchers/{}", matcher.name)).expect("a checked name is a valid header");
-    Ok((status, [(header::LOCATION, location)], Json(matcher.summary())).into_response())
+    Ok((status, [(header::LOCATION, location)], Json(matcher)).into_response())
 }
 
 /// Remove an upload. Jobs already running on it finish on it.
@@ -330,7 +322,7 @@ async fn remove_matcher(
     Caller(tenant): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if app.registry.remove(&tenant, &name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
+    if app.remove_matcher(&tenant, &name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
 }
 
 /// Prometheus metrics (OpenMetrics text).
@@ -340,9 +332,8 @@ async fn remove_matcher(
         (status = 503, description = "The task store cannot answer", body = ErrorBody),
     ))]
 async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let present = app.present().await?;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    Ok(([(header::CONTENT_TYPE, content_type)], app.metrics.render(present)).into_response())
+    Ok(([(header::CONTENT_TYPE, content_type)], app.metrics_text().await?).into_response())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -47,14 +47,14 @@ struct TaskFigures {
     ))]
 pub async fn report(State(app): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
     let Present { tasks, tasks_by_status, jobs_in_flight, queued, live_instances } = app.present().await?;
-    let shared = app.registry.names().iter().filter_map(|name| app.registry.get(name)).map(|m| m.summary()).collect();
+    let shared = app.shared_matchers();
     Ok(Json(StatusReport {
         tasks: TaskFigures { total: tasks, by_status: tasks_by_status },
         jobs_in_flight,
         queued,
         live_instances,
         resident_memory_bytes: crate::metrics::resident_memory_bytes().unwrap_or(0),
-        memory_history: app.memory_history.samples(),
+        memory_history: app.memory_history(),
         matchers: shared,
         draining: app.is_draining(),
     }))

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
+use crate::registry::MatcherRef;
 use crate::runtime::{Candidate, JobInput, Options, Posting, Skill};
 use crate::tasks::{TaskId, TaskStatus};
 
@@ -160,12 +161,17 @@ fn check_range(field: impl FnOnce() -> String, value: f32, lo: f32, hi: f32) -> 
 }
 
 impl MatchRequest {
-    /// Checks every cap and range, and moves the request into a job's input.
-    pub fn into_job(self, caps: &Caps) -> Result<(Option<String>, JobInput), ApiError> {
+    /// Checks every cap and range, and moves the request into a job's input
+    /// and the matcher it names.
+    pub fn into_job(self, caps: &Caps) -> Result<(Option<MatcherRef>, JobInput), ApiError> {
         let MatchRequest { matcher, candidate, postings, options } = self;
-        if let Some(name) = &matcher {
-            check_id(|| "matcher".into(), name)?;
-        }
+        let matcher = match matcher {
+            Some(reference) => {
+                check_id(|| "matcher".into(), &reference)?;
+                Some(reference.parse::<MatcherRef>().map_err(crate::service::SubmitError::from)?)
+            }
+            None => None,
+        };
         if options.top_k == 0 || options.top_k > MAX_TOP_K {
             return Err(ApiError::invalid(format!(
                 "options.top_k must be between 1 and {MAX_TOP_K}, got {}",

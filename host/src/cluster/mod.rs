@@ -22,14 +22,28 @@
 //! resolved, so every host runs the same code; a host that lacks it fetches
 //! the bytes by digest, compiles them once and keeps them in its own
 //! precompiled cache.
+//!
+//! This layer implements the traits the layers below define for it:
+//! [`MatcherShare`] (the registry's record of uploads) and [`Claim`] (a job
+//! taken from the stream, settled once its outcome is written). It defines
+//! one of its own, [`Intake`], through which the stream's jobs enter the
+//! host (`loops.rs`).
 
+mod loops;
+
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 
+pub use loops::{Intake, consume, follow_ended, sweep_followed};
+
+use crate::jobs::Claim;
+use crate::registry::{MatcherRef, MatcherShare, ShareError};
 use crate::runtime::JobInput;
 use crate::tasks::{StoreError, TaskId};
 
@@ -42,19 +56,47 @@ pub struct Envelope {
     pub tenant: String,
     pub task_id: TaskId,
     /// `name@sha256:<hex>`: the exact component the job was accepted for.
-    pub matcher: String,
+    pub matcher: MatcherRef,
     pub input: JobInput,
 }
 
 /// A job read from the stream.
-#[derive(Debug)]
 pub struct Delivery {
-    /// The stream entry, to acknowledge once the outcome is written.
-    pub entry: String,
     /// The job, or why the entry could not be read.
     pub envelope: Result<Envelope, String>,
-    /// Taken over from another host that did not finish it.
-    pub reclaimed: bool,
+    /// This host's claim on the entry: settled once the job's outcome is
+    /// written, or dropped to leave the job to another host.
+    pub claim: StreamClaim,
+}
+
+/// A stream entry this host read and has not acknowledged.
+pub struct StreamClaim {
+    cluster: Arc<Cluster>,
+    entry: String,
+    reclaimed: bool,
+}
+
+impl StreamClaim {
+    /// The stream entry's id.
+    pub fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    /// Acknowledges an entry that carries no job this host can read.
+    pub async fn discard(self) -> Result<(), StoreError> {
+        self.cluster.ack(&self.entry).await
+    }
+}
+
+#[async_trait]
+impl Claim for StreamClaim {
+    fn reclaimed(&self) -> bool {
+        self.reclaimed
+    }
+
+    async fn settle(self: Box<Self>, id: TaskId) -> Result<(), StoreError> {
+        self.cluster.finished(&self.entry, id).await
+    }
 }
 
 pub struct Cluster {
@@ -176,7 +218,7 @@ impl Cluster {
     }
 
     /// Up to `count` new jobs for this host, waiting up to `block` for one.
-    pub async fn read(&self, count: usize, block: Duration) -> Result<Vec<Delivery>, StoreError> {
+    pub async fn read(self: &Arc<Self>, count: usize, block: Duration) -> Result<Vec<Delivery>, StoreError> {
         let options =
             StreamReadOptions::default().group(GROUP, &self.consumer).count(count).block(block.as_millis() as usize);
         let reply: Option<StreamReadReply> =
@@ -185,13 +227,13 @@ impl Cluster {
             .into_iter()
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
-            .map(|entry| Self::delivery(entry, false))
+            .map(|entry| self.delivery(entry, false))
             .collect())
     }
 
     /// Up to `count` jobs that other hosts read and left unacknowledged for
     /// longer than the claim period: their hosts are gone.
-    pub async fn reclaim(&self, count: usize) -> Result<Vec<Delivery>, StoreError> {
+    pub async fn reclaim(self: &Arc<Self>, count: usize) -> Result<Vec<Delivery>, StoreError> {
         let reply: StreamAutoClaimReply = self
             .redis
             .clone()
@@ -205,15 +247,15 @@ impl Cluster {
             )
             .await
             .map_err(unavailable)?;
-        Ok(reply.claimed.into_iter().map(|entry| Self::delivery(entry, true)).collect())
+        Ok(reply.claimed.into_iter().map(|entry| self.delivery(entry, true)).collect())
     }
 
-    fn delivery(entry: StreamId, reclaimed: bool) -> Delivery {
+    fn delivery(self: &Arc<Self>, entry: StreamId, reclaimed: bool) -> Delivery {
         let envelope = entry
             .get::<String>("job")
             .ok_or_else(|| "the entry has no job".to_string())
             .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()));
-        Delivery { entry: entry.id, envelope, reclaimed }
+        Delivery { envelope, claim: StreamClaim { cluster: self.clone(), entry: entry.id, reclaimed } }
     }
 
     /// Done with an entry: the job's outcome is written (or it had none to
@@ -240,85 +282,37 @@ impl Cluster {
             .map_err(unavailable)?;
         Ok(())
     }
+}
 
-    /// Records that `owner`'s `name` means the component `bytes`.
-    pub async fn put_matcher(
-        &self,
-        owner: Option<&str>,
-        name: &str,
-        digest: &str,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
+fn share_error(err: StoreError) -> ShareError {
+    ShareError(err.to_string())
+}
+
+#[async_trait]
+impl MatcherShare for Cluster {
+    async fn publish(&self, owner: Option<&str>, name: &str, digest: &str, bytes: &[u8]) -> Result<(), ShareError> {
         let mut redis = self.redis.clone();
-        let _: () = redis.set_nx(self.component(digest), bytes).await.map_err(unavailable)?;
-        let _: () = redis.hset(self.names(owner), name, digest).await.map_err(unavailable)?;
+        let _: () = redis.set_nx(self.component(digest), bytes).await.map_err(|e| share_error(unavailable(e)))?;
+        let _: () = redis.hset(self.names(owner), name, digest).await.map_err(|e| share_error(unavailable(e)))?;
         Ok(())
     }
 
-    /// Forgets `owner`'s `name`. The bytes stay: another name, or a job in
-    /// the stream, may still need them.
-    pub async fn remove_matcher(&self, owner: Option<&str>, name: &str) -> Result<(), StoreError> {
-        let _: () = self.redis.clone().hdel(self.names(owner), name).await.map_err(unavailable)?;
+    /// The bytes stay: another name, or a job in the stream, may still
+    /// need them.
+    async fn withdraw(&self, owner: Option<&str>, name: &str) -> Result<(), ShareError> {
+        let _: () = self.redis.clone().hdel(self.names(owner), name).await.map_err(|e| share_error(unavailable(e)))?;
         Ok(())
     }
 
-    /// The digest `owner`'s `name` means across the deployment.
-    pub async fn matcher_digest(&self, owner: Option<&str>, name: &str) -> Result<Option<String>, StoreError> {
-        self.redis.clone().hget(self.names(owner), name).await.map_err(unavailable)
+    async fn digest_of(&self, owner: Option<&str>, name: &str) -> Result<Option<String>, ShareError> {
+        self.redis.clone().hget(self.names(owner), name).await.map_err(|e| share_error(unavailable(e)))
     }
 
-    /// A component's bytes, by digest.
-    pub async fn component_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.redis.clone().get(self.component(digest)).await.map_err(unavailable)
+    async fn bytes_of(&self, digest: &str) -> Result<Option<Vec<u8>>, ShareError> {
+        self.redis.clone().get(self.component(digest)).await.map_err(|e| share_error(unavailable(e)))
     }
 }
 
 /// Added to the longest job deadline to give the time after which an
 /// unacknowledged shared job is taken over by another host.
 pub const CLAIM_GRACE: Duration = Duration::from_secs(2);
-
-/// The jobs a host accepted into the stream, whichever host runs them:
-/// each holds its tenant's pending-quota place and a done signal until its
-/// task ends (or is gone).
-#[derive(Default)]
-pub struct Accepted {
-    jobs: std::sync::Mutex<std::collections::HashMap<TaskId, Followed>>,
-}
-
-struct Followed {
-    tenant: String,
-    _admission: crate::tenants::Admission,
-    done: tokio_util::sync::CancellationToken,
-}
-
-impl Accepted {
-    pub fn follow(&self, tenant: &str, id: TaskId, admission: crate::tenants::Admission) {
-        let followed = Followed {
-            tenant: tenant.to_string(),
-            _admission: admission,
-            done: tokio_util::sync::CancellationToken::new(),
-        };
-        self.jobs.lock().unwrap().insert(id, followed);
-    }
-
-    /// Fires once the job has ended; `None` if it is not followed here.
-    pub fn done(&self, id: TaskId) -> Option<tokio_util::sync::CancellationToken> {
-        self.jobs.lock().unwrap().get(&id).map(|f| f.done.clone())
-    }
-
-    fn followed(&self) -> Vec<(String, TaskId)> {
-        self.jobs.lock().unwrap().iter().map(|(id, f)| (f.tenant.clone(), *id)).collect()
-    }
-
-    /// Stops following a job that ended: gives back its quota place and
-    /// wakes whoever waits on it.
-    pub fn ended(&self, id: TaskId) {
-        let mut jobs = self.jobs.lock().unwrap();
-        if let Some(followed) = jobs.remove(&id) {
-            followed.done.cancel();
-        }
-        crate::tasks::give_back_spare_capacity(&mut jobs);
-    }
-}
-
-pub mod runner;

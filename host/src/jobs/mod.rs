@@ -1,34 +1,53 @@
-//! Running jobs: the bounded queue, the workers, and the jobs in flight.
+//! Running jobs: the bounded queue, the workers, and what this host knows
+//! of the jobs in flight.
 //!
 //! Workers are tasks on the service's runtime that take a job from the
-//! [`JobQueue`] (fair across tenants, see `queue.rs`), mark its task running, run it in the [`Sandbox`] and write
-//! the outcome. The guest itself runs on the *guest runtime*, a tokio runtime
-//! of its own with one thread per worker, so guest compute never occupies a
-//! thread that serves HTTP (see [`crate::runtime`] for why guests are async).
+//! [`JobQueue`] (fair across tenants, see `queue.rs`), mark its task
+//! running, run it in the [`Sandbox`] and write the outcome. The guest
+//! itself runs on the *guest runtime*, a tokio runtime of its own with one
+//! thread per worker, so guest compute never occupies a thread that serves
+//! HTTP (see [`crate::runtime`] for why guests are async).
 //!
-//! The [`JobTracker`] knows every job accepted and not yet ended, with its
-//! cancel token (fired by `DELETE /tasks/{id}` and by expiry) and its done
-//! signal (awaited by `?wait=`). It only ever holds queued and running jobs,
-//! so it is bounded by the queue and the worker count.
+//! A job another host could run too (one read from the deployment's stream)
+//! carries a [`Claim`]: the small trait through which this layer tells the
+//! deployment that the job's outcome is written. The cluster layer
+//! implements it; a claim dropped unsettled leaves the job to another host.
+//!
+//! `tracker.rs` holds the bookkeeping: the [`JobTracker`] of jobs queued or
+//! running here and the [`FollowedJobs`] this host accepted for the
+//! deployment.
 
 mod queue;
+mod tracker;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use queue::{JobQueue, LaneId, Running, Slot};
+pub use tracker::{FollowedJobs, JobTracker, stop_jobs_of_lost_tasks};
 
-use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::registry::Matcher;
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
-use crate::tasks::{Ranking, TaskId, TaskOutcome, TaskStore};
+use crate::tasks::{StoreError, TaskId, TaskOutcome, TaskStore};
 use crate::tenants::Admission;
+
+/// A job this host took from the deployment, which another host runs if
+/// this one does not finish it.
+#[async_trait]
+pub trait Claim: Send + Sync {
+    /// Whether this host took the job over from one that did not finish it.
+    fn reclaimed(&self) -> bool;
+
+    /// The job's outcome is written (or it has none to write): done with it
+    /// across the deployment.
+    async fn settle(self: Box<Self>, id: TaskId) -> Result<(), StoreError>;
+}
 
 /// One accepted job.
 pub struct Job {
@@ -38,11 +57,8 @@ pub struct Job {
     /// Its place in the tenant's pending-task quota, held until the job ends
     /// (held by the accepting host when the job came from another one).
     pub admission: Option<Admission>,
-    /// The stream entry it came from, when hosts share jobs: acknowledged
-    /// once the outcome is written.
-    pub entry: Option<String>,
-    /// Taken over from a host that started it and never finished it.
-    pub reclaimed: bool,
+    /// Set when the job came from the deployment's stream.
+    pub claim: Option<Box<dyn Claim>>,
     /// The matcher as it was when the job was accepted; replacing it in the
     /// registry does not change what this job runs.
     pub matcher: Arc<Matcher>,
@@ -52,107 +68,6 @@ pub struct Job {
     /// The task's span: the job's events, the guest's log lines included,
     /// are recorded inside it.
     pub span: tracing::Span,
-}
-
-#[derive(Default)]
-pub struct JobTracker {
-    jobs: Mutex<HashMap<TaskId, Tracked>>,
-    /// Woken whenever the last job in flight ends.
-    emptied: tokio::sync::Notify,
-    /// Woken whenever a job ends.
-    ended: tokio::sync::Notify,
-}
-
-struct Tracked {
-    tenant: LaneId,
-    cancel: CancellationToken,
-    done: CancellationToken,
-}
-
-impl JobTracker {
-    /// Starts tracking `tenant`'s job; returns its cancel token and its done
-    /// signal.
-    pub fn track(&self, tenant: &LaneId, id: TaskId) -> (CancellationToken, CancellationToken) {
-        let tracked =
-            Tracked { tenant: tenant.clone(), cancel: CancellationToken::new(), done: CancellationToken::new() };
-        let tokens = (tracked.cancel.clone(), tracked.done.clone());
-        self.jobs.lock().unwrap().insert(id, tracked);
-        tokens
-    }
-
-    /// Cancels a job if it is queued or running here; whether this call
-    /// cancelled it. A running guest stops within one epoch tick.
-    pub fn cancel(&self, id: TaskId) -> bool {
-        match self.jobs.lock().unwrap().get(&id) {
-            Some(t) if !t.cancel.is_cancelled() => {
-                t.cancel.cancel();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    pub fn cancel_all(&self) {
-        for t in self.jobs.lock().unwrap().values() {
-            t.cancel.cancel();
-        }
-    }
-
-    /// Fires once the job has ended and its outcome is written; `None` if no
-    /// such job is in flight here.
-    pub fn done(&self, id: TaskId) -> Option<CancellationToken> {
-        self.jobs.lock().unwrap().get(&id).map(|t| t.done.clone())
-    }
-
-    /// Forgets a job that ended, waking anyone waiting on it.
-    pub fn finished(&self, id: TaskId) {
-        let mut jobs = self.jobs.lock().unwrap();
-        let tracked = jobs.remove(&id);
-        crate::tasks::give_back_spare_capacity(&mut jobs);
-        let empty = jobs.is_empty();
-        drop(jobs);
-        if empty {
-            self.emptied.notify_waiters();
-        }
-        self.ended.notify_waiters();
-        if let Some(t) = tracked {
-            t.done.cancel();
-        }
-    }
-
-    /// Resolves when a job ends, or after `timeout`.
-    pub async fn wait_for_an_end(&self, timeout: std::time::Duration) {
-        let _ = tokio::time::timeout(timeout, self.ended.notified()).await;
-    }
-
-    /// Resolves once no job is queued or running.
-    pub async fn wait_empty(&self) {
-        loop {
-            let emptied = self.emptied.notified();
-            tokio::pin!(emptied);
-            // Register before looking, so an end between the look and the
-            // wait is not missed.
-            emptied.as_mut().enable();
-            if self.is_empty() {
-                return;
-            }
-            emptied.await;
-        }
-    }
-
-    /// The tenant and task of every job queued or running.
-    pub fn in_flight(&self) -> Vec<(String, TaskId)> {
-        self.jobs.lock().unwrap().iter().map(|(id, t)| (t.tenant.to_string(), *id)).collect()
-    }
-
-    /// Jobs queued or running.
-    pub fn len(&self) -> usize {
-        self.jobs.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The queue, the workers and the guest runtime. Dropping it stops them.
@@ -175,7 +90,6 @@ impl JobRunner {
         store: Arc<dyn TaskStore>,
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
-        cluster: Option<Arc<Cluster>>,
     ) -> std::io::Result<Self> {
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
@@ -193,7 +107,6 @@ impl JobRunner {
                     sandbox: sandbox.clone(),
                     metrics: metrics.clone(),
                     guests: guests.handle().clone(),
-                    cluster: cluster.clone(),
                     handing_back: handing_back.clone(),
                 }))
             })
@@ -209,7 +122,7 @@ impl JobRunner {
         self.tracker.cancel_all();
     }
 
-    pub fn queue(&self) -> &JobQueue<Job> {
+    pub fn queue(&self) -> &Arc<JobQueue<Job>> {
         &self.queue
     }
 
@@ -241,7 +154,6 @@ struct Worker {
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
     guests: tokio::runtime::Handle,
-    cluster: Option<Arc<Cluster>>,
     handing_back: Arc<AtomicBool>,
 }
 
@@ -255,13 +167,14 @@ enum Disposition {
 }
 
 async fn work(w: Worker) {
-    while let Some((job, running)) = w.queue.pop().await {
+    while let Some((mut job, running)) = w.queue.pop().await {
         let id = job.task_id;
         let span = job.span.clone();
-        let entry = job.entry.clone();
-        let disposition = run_one(job, &w).instrument(span.clone()).await;
-        if let (Some(entry), Some(cluster), Disposition::Done) = (entry, &w.cluster, disposition)
-            && let Err(err) = cluster.finished(&entry, id).await
+        let claim = job.claim.take();
+        let reclaimed = claim.as_ref().is_some_and(|c| c.reclaimed());
+        let disposition = run_one(job, claim.is_some(), reclaimed, &w).instrument(span.clone()).await;
+        if let (Some(claim), Disposition::Done) = (claim, disposition)
+            && let Err(err) = claim.settle(id).await
         {
             // Another host will run it again after the claim period; the
             // task's result is written once, so the rerun changes nothing.
@@ -275,17 +188,19 @@ async fn work(w: Worker) {
     }
 }
 
-async fn run_one(job: Job, w: &Worker) -> Disposition {
+/// Runs one job. `shared`: it came from the deployment's stream (and is
+/// left to another host on a hand-back); `reclaimed`: taken over from a
+/// host that did not finish it.
+async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposition {
     let (store, sandbox, guests) = (&*w.store, &w.sandbox, &w.guests);
     let id = job.task_id;
-    let handed_back = || job.entry.is_some() && w.handing_back.load(Ordering::Acquire);
+    let handed_back = || shared && w.handing_back.load(Ordering::Acquire);
     if job.cancel.is_cancelled() {
         // Deleted or expired while it waited (its entry is already gone),
         // or handed back.
         return if handed_back() { Disposition::Left } else { Disposition::Done };
     }
-    let started =
-        if job.reclaimed { store.take_over(&job.tenant, id).await } else { store.start(&job.tenant, id).await };
+    let started = if reclaimed { store.take_over(&job.tenant, id).await } else { store.start(&job.tenant, id).await };
     match started {
         Ok(true) => {}
         Ok(false) => return Disposition::Done,
@@ -294,7 +209,7 @@ async fn run_one(job: Job, w: &Worker) -> Disposition {
             return Disposition::Left;
         }
     }
-    let handing_back = job.entry.is_some().then(|| w.handing_back.clone());
+    let handing_back = shared.then(|| w.handing_back.clone());
     let Job { matcher, input, limits, cancel, span, tenant, admission, .. } = job;
     let matcher_name = matcher.name.clone();
     let sandbox = sandbox.clone();
@@ -321,12 +236,7 @@ async fn run_one(job: Job, w: &Worker) -> Disposition {
         Err(err) => Err(JobFailure::new(FailureKind::Unavailable, format!("the job's task failed: {err}"))),
     };
     let outcome = match outcome {
-        Ok(rankings) => TaskOutcome::Completed(
-            rankings
-                .into_iter()
-                .map(|r| Ranking { posting_id: r.posting_id, score: r.score, reasons: r.reasons })
-                .collect(),
-        ),
+        Ok(rankings) => TaskOutcome::Completed(rankings),
         Err(failure) if failure.kind == FailureKind::Cancelled => {
             if handing_back.is_some_and(|h| h.load(Ordering::Acquire)) {
                 tracing::info!("handed the job back for another host");
@@ -336,7 +246,7 @@ async fn run_one(job: Job, w: &Worker) -> Disposition {
         }
         Err(failure) => {
             tracing::info!(kind = %failure.kind, message = %failure.message, "job failed");
-            TaskOutcome::Failed(failure.into())
+            TaskOutcome::Failed(failure)
         }
     };
     let written = store.finish(&tenant, id, outcome).await;

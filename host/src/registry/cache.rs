@@ -106,13 +106,11 @@ impl CompiledCache {
     pub fn store(&self, digest: &str, component: &Component) -> anyhow::Result<()> {
         let payload = component.serialize().map_err(anyhow::Error::from)?;
         let path = self.path(digest);
-        let tmp = super::storage::temporary_beside(&path);
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(MAGIC)?;
-        file.write_all(&Sha256::digest(&payload))?;
-        file.write_all(&payload)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        crate::support::files::write_with(&path, |file| {
+            file.write_all(MAGIC)?;
+            file.write_all(&Sha256::digest(&payload))?;
+            file.write_all(&payload)
+        })?;
         Ok(())
     }
 }

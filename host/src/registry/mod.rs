@@ -12,29 +12,36 @@
 //! Built-in and directory matchers are read-only through the API.
 //!
 //! Every matcher has an owner. Built-in and directory matchers are *shared*
-//! (no owner), usable by the tenants allowed them. A tenant's uploads are
+//! (no owner), usable by the callers allowed them. A tenant's uploads are
 //! its own: no other tenant can see, use, pin, replace or remove them, and
 //! two tenants may each have a matcher of the same name. On a host without
 //! tenants the one implicit tenant uploads shared matchers.
 //!
-//! Every matcher is validated before it is registered ([`MatcherRegistry::upload`]
-//! says how), compiled once (or loaded from the [`cache::CompiledCache`]),
-//! type-checked against the `matcher` world once (its [`MatcherPre`]), and
-//! asked for its `info()` once, in a sandbox. Entries are `Arc`s: a job holds
-//! the entry it was accepted with, so replacing or removing a matcher never
-//! disturbs jobs already running on it, and the old one is freed when its
-//! last job ends.
+//! The module is laid out by concern:
 //!
-//! A job names a matcher as `name` (the current one) or `name@sha256:<hex>`
-//! (that exact component, while it is the current one under that name: a
-//! pinned job never silently runs other code).
+//! - [`load`]: validating and compiling a component (or loading it from the
+//!   [`cache::CompiledCache`]), type-checking it against the `matcher` world
+//!   once (its [`MatcherPre`]) and asking its `info()` once, in a sandbox;
+//! - [`access`]: what a caller ([`Access`]) may see, use and change, and
+//!   resolving a [`MatcherRef`] (`name` or `name@sha256:<hex>`);
+//! - [`share`]: keeping uploads in line with the other hosts of a
+//!   deployment, through the [`MatcherShare`] trait that the cluster layer
+//!   implements;
+//! - [`storage`] and [`cache`]: the data directory and the precompiled cache.
+//!
+//! Entries are `Arc`s: a job holds the entry it was accepted with, so
+//! replacing or removing a matcher never disturbs jobs already running on
+//! it, and the old one is freed when its last job ends.
 
+pub mod access;
 pub mod cache;
+mod load;
+pub mod share;
 pub mod storage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -42,11 +49,12 @@ use anyhow::Context as _;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::Component;
+
+pub use access::{Access, MatcherRef, ResolveError};
+pub use share::{MatcherShare, ShareError};
 
 use crate::runtime::{JobLimits, JobState, MatcherInfo, MatcherPre, Sandbox};
-use crate::tenants::Tenant;
-use cache::{CompiledCache, Lookup};
+use cache::CompiledCache;
 use storage::ComponentStorage;
 
 /// The built-in matchers, embedded at build time by `host/build.rs`.
@@ -60,10 +68,7 @@ pub const DEFAULT_MATCHER: &str = "skills";
 /// that must leave cores for the jobs and the API.
 const COMPILE_SLOTS: usize = 2;
 
-/// Longest matcher name, and the longest strings `info()` may return.
-pub const MAX_NAME_LEN: usize = 64;
-const MAX_VERSION_LEN: usize = 64;
-const MAX_DESCRIPTION_LEN: usize = 1024;
+pub use crate::support::names::MAX_NAME_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -119,8 +124,14 @@ impl Matcher {
             source: self.source,
         }
     }
+
+    /// The reference that names exactly this component.
+    pub fn pinned(&self) -> MatcherRef {
+        MatcherRef::pinned(&self.name, &self.digest)
+    }
 }
 
+/// `sha256:` and the hex digest of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
     let mut out = String::with_capacity(7 + 64);
@@ -132,7 +143,7 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 /// Where the registry keeps things, and what it accepts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryConfig {
     /// Uploaded matchers are kept here; `None` keeps them in memory only.
     pub data_dir: Option<PathBuf>,
@@ -144,9 +155,21 @@ pub struct RegistryConfig {
     pub max_component_size: usize,
     /// Limits of the sandboxed `info()` call made at load time.
     pub info_limits: JobLimits,
-    /// The deployment's shared record of uploads, when hosts share a Redis:
+    /// The deployment's shared record of uploads, when hosts share one:
     /// uploads are published there and fetched from there by digest.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub share: Option<Arc<dyn MatcherShare>>,
+}
+
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("data_dir", &self.data_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("matchers_dir", &self.matchers_dir)
+            .field("max_component_size", &self.max_component_size)
+            .field("shared", &self.share.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RegistryConfig {
@@ -157,7 +180,7 @@ impl Default for RegistryConfig {
             matchers_dir: None,
             max_component_size: 64 << 20,
             info_limits: JobLimits { deadline: Duration::from_secs(5), ..JobLimits::default() },
-            cluster: None,
+            share: None,
         }
     }
 }
@@ -166,9 +189,7 @@ impl Default for RegistryConfig {
 /// except `Storage`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(
-        "'{0}' is not a valid matcher name: use 1 to 64 of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
-    )]
+    #[error("'{0}' is not a valid matcher name: use {rule}", rule = crate::support::names::NAME_RULE)]
     BadName(String),
     #[error("'{0}' is a {1} matcher and cannot be replaced or removed through the API")]
     ReadOnly(String, &'static str),
@@ -192,14 +213,6 @@ pub enum LoadError {
     BadInfo(String),
     #[error("could not store the component: {0}")]
     Storage(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("no matcher named '{0}'")]
-    Unknown(String),
-    #[error("matcher '{name}' is not {digest} (it is now {current})")]
-    DigestMismatch { name: String, digest: String, current: String },
 }
 
 /// Counters of how matchers were loaded, for metrics and tests.
@@ -277,59 +290,13 @@ impl MatcherRegistry {
         Ok(registry)
     }
 
-    async fn load_directory(&self, dir: &std::path::Path) -> anyhow::Result<()> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading the matchers directory {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-            .collect();
-        files.sort();
-        for path in files {
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-            check_name(&name).with_context(|| format!("{}", path.display()))?;
-            if self.get(&name).is_some() {
-                anyhow::bail!("{}: a built-in matcher is already named '{name}'", path.display());
-            }
-            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let matcher = self
-                .load(None, &name, bytes, Source::Directory)
-                .await
-                .with_context(|| format!("loading {}", path.display()))?;
-            tracing::info!(name, digest = %matcher.digest, "loaded a matcher from the matchers directory");
-            self.insert(matcher);
-        }
-        Ok(())
-    }
-
-    async fn load_stored(&self) -> anyhow::Result<()> {
-        let Some(storage) = &self.storage else { return Ok(()) };
-        for stored in storage.names()? {
-            let owner: Option<Arc<str>> = stored.tenant.as_deref().map(Into::into);
-            if owner.is_none() && self.get(&stored.name).is_some() {
-                tracing::warn!(name = stored.name, "a stored upload is shadowed by a built-in or directory matcher");
-                continue;
-            }
-            let loaded = match storage.read_component(&stored.digest) {
-                Ok(bytes) if digest(&bytes) == stored.digest => {
-                    self.load(owner, &stored.name, bytes, Source::Uploaded).await
-                }
-                Ok(_) => Err(LoadError::Storage("its bytes do not match their digest".into())),
-                Err(e) => Err(LoadError::Storage(e.to_string())),
-            };
-            match loaded {
-                Ok(matcher) => {
-                    self.insert(matcher);
-                }
-                // One bad upload must not keep the host from starting.
-                Err(e) => tracing::error!(name = stored.name, error = %e, "could not load a stored matcher; skipped"),
-            }
-        }
-        Ok(())
-    }
-
     fn insert(&self, matcher: Matcher) -> Option<Arc<Matcher>> {
         let key = (matcher.owner.clone(), matcher.name.clone());
         self.matchers.write().unwrap().insert(key, Arc::new(matcher))
+    }
+
+    fn forget(&self, owner: Option<Arc<str>>, name: &str) -> Option<Arc<Matcher>> {
+        self.matchers.write().unwrap().remove(&(owner, name.to_string()))
     }
 
     fn get_owned(&self, owner: Option<&Arc<str>>, name: &str) -> Option<Arc<Matcher>> {
@@ -342,324 +309,18 @@ impl MatcherRegistry {
         self.get_owned(None, name)
     }
 
-    /// The matcher `name` as `tenant` sees it: its own upload of that name,
-    /// or else a shared matcher it may use.
-    pub fn find(&self, tenant: &Tenant, name: &str) -> Option<Arc<Matcher>> {
-        tenant
-            .namespace()
-            .and_then(|own| self.get_owned(Some(own), name))
-            .or_else(|| self.get(name).filter(|_| tenant.may_use_shared(name)))
-    }
-
-    /// Resolves `name` or `name@sha256:<hex>` for `tenant`. A matcher it
-    /// may not see is unknown, whoever owns it.
-    pub fn resolve(&self, tenant: &Tenant, reference: &str) -> Result<Arc<Matcher>, ResolveError> {
-        let (name, pinned) = match reference.split_once('@') {
-            Some((name, digest)) => (name, Some(digest)),
-            None => (reference, None),
-        };
-        let matcher = self.find(tenant, name).ok_or_else(|| ResolveError::Unknown(name.to_string()))?;
-        match pinned {
-            Some(digest) if digest != matcher.digest => Err(ResolveError::DigestMismatch {
-                name: name.to_string(),
-                digest: digest.to_string(),
-                current: matcher.digest.clone(),
-            }),
-            _ => Ok(matcher),
-        }
-    }
-
-    /// Every matcher `tenant` sees, by name.
-    pub fn list(&self, tenant: &Tenant) -> Vec<Arc<Matcher>> {
-        let mut seen = BTreeMap::new();
-        for matcher in self.matchers.read().unwrap().values() {
-            let visible = match &matcher.owner {
-                None => tenant.may_use_shared(&matcher.name),
-                Some(owner) => tenant.namespace() == Some(owner),
-            };
-            // Its own upload wins over a shared matcher of that name.
-            if visible && (matcher.owner.is_some() || !seen.contains_key(&matcher.name)) {
-                seen.insert(matcher.name.clone(), matcher.clone());
-            }
-        }
-        seen.into_values().collect()
-    }
-
     /// The shared matchers' names.
     pub fn names(&self) -> Vec<String> {
         self.matchers.read().unwrap().keys().filter(|(owner, _)| owner.is_none()).map(|(_, n)| n.clone()).collect()
     }
 
-    /// Refuses to change `name` for `tenant` if it means a shared matcher
-    /// that is not the tenant's to change.
-    fn check_writable(&self, tenant: &Tenant, name: &str) -> Result<(), LoadError> {
-        let shared = self.get(name).filter(|_| tenant.namespace().is_none() || tenant.may_use_shared(name));
-        match shared.map(|m| m.source) {
-            Some(Source::Builtin) => Err(LoadError::ReadOnly(name.to_string(), "built-in")),
-            Some(Source::Directory) => Err(LoadError::ReadOnly(name.to_string(), "directory")),
-            // A tenant's upload must not shadow a shared matcher it uses.
-            Some(Source::Uploaded) if tenant.namespace().is_some() => {
-                Err(LoadError::ReadOnly(name.to_string(), "shared"))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Validates `bytes` as a matcher and registers it under `name` for
-    /// `tenant`, replacing its upload of that name. Returns the matcher and
-    /// whether the name is new.
-    ///
-    /// Checked in order, each failure leaving the registry unchanged: the
-    /// name; that the name is not read-only; the size cap; that the bytes are
-    /// WebAssembly and a component, not a core module; that it compiles; that
-    /// it implements the `matcher` world with no import the host lacks; and
-    /// that `info()`, run in a sandbox, answers in time with sensible strings.
-    pub async fn upload(&self, tenant: &Tenant, name: &str, bytes: Vec<u8>) -> Result<(Arc<Matcher>, bool), LoadError> {
-        check_name(name)?;
-        let _change = self.changes.lock().await;
-        self.check_writable(tenant, name)?;
-        let owner = tenant.namespace().cloned();
-        let existing = self.get_owned(owner.as_ref(), name);
-        let digest = digest(&bytes);
-        if let Some(existing) = existing.as_ref().filter(|m| m.digest == digest) {
-            return Ok((existing.clone(), false));
-        }
-        let matcher = self.load(owner.clone(), name, bytes.clone(), Source::Uploaded).await?;
-        if let Some(cluster) = &self.config.cluster {
-            cluster
-                .put_matcher(matcher.owner.as_deref(), name, &matcher.digest, &bytes)
-                .await
-                .map_err(|e| LoadError::Storage(e.to_string()))?;
-        }
-        if let Some(storage) = self.storage.clone() {
-            let (name, digest) = (name.to_string(), digest.clone());
-            tokio::task::spawn_blocking(move || {
-                storage.put(owner.as_deref(), &name, &digest, &bytes)?;
-                if let Some(old) = existing {
-                    storage.collect(&old.digest)?;
-                }
-                std::io::Result::Ok(())
-            })
-            .await
-            .map_err(|e| LoadError::Storage(e.to_string()))?
-            .map_err(|e| LoadError::Storage(e.to_string()))?;
-        }
-        tracing::info!(
-            name,
-            tenant = %tenant.name,
-            digest = %matcher.digest,
-            version = %matcher.info.version,
-            "matcher uploaded"
-        );
-        let key_owner = matcher.owner.clone();
-        let replaced = self.insert(matcher);
-        Ok((self.get_owned(key_owner.as_ref(), name).expect("just inserted"), replaced.is_none()))
-    }
-
-    /// Removes `tenant`'s upload `name`. Jobs running on it finish on it.
-    pub async fn remove(&self, tenant: &Tenant, name: &str) -> Result<bool, LoadError> {
-        let _change = self.changes.lock().await;
-        let owner = tenant.namespace().cloned();
-        if self.get_owned(owner.as_ref(), name).is_none() {
-            self.check_writable(tenant, name)?;
-            return Ok(false);
-        }
-        if owner.is_none() {
-            self.check_writable(tenant, name)?;
-        }
-        if let Some(storage) = self.storage.clone() {
-            let (owner, name) = (owner.clone(), name.to_string());
-            tokio::task::spawn_blocking(move || storage.remove(owner.as_deref(), &name))
-                .await
-                .map_err(|e| LoadError::Storage(e.to_string()))?
-                .map_err(|e| LoadError::Storage(e.to_string()))?;
-        }
-        if let Some(cluster) = &self.config.cluster {
-            cluster.remove_matcher(owner.as_deref(), name).await.map_err(|e| LoadError::Storage(e.to_string()))?;
-        }
-        self.matchers.write().unwrap().remove(&(owner, name.to_string()));
-        tracing::info!(name, tenant = %tenant.name, "matcher removed");
-        Ok(true)
-    }
-
-    /// Brings `tenant`'s upload `name` in line with the deployment's record
-    /// when hosts share a Redis: fetches (by digest) and compiles what
-    /// another host uploaded or replaced, and forgets what another host
-    /// removed. Built-in and directory matchers are every host's own and
-    /// are left alone. A component that fails to load is logged and left
-    /// out, so the job that needed it is refused as naming an unknown
-    /// matcher.
-    pub async fn sync(&self, tenant: &Tenant, name: &str) -> Result<(), crate::tasks::StoreError> {
-        let Some(cluster) = &self.config.cluster else { return Ok(()) };
-        let owner = tenant.namespace().cloned();
-        let local = self.get_owned(owner.as_ref(), name);
-        if local.as_ref().is_some_and(|m| m.source != Source::Uploaded) || check_name(name).is_err() {
-            return Ok(());
-        }
-        let remote = cluster.matcher_digest(owner.as_deref(), name).await?;
-        match (remote, local) {
-            (Some(digest), Some(local)) if local.digest == digest => Ok(()),
-            (Some(digest), _) => {
-                let Some(bytes) = cluster.component_bytes(&digest).await? else {
-                    tracing::warn!(name, %digest, "the deployment names a component whose bytes are missing");
-                    return Ok(());
-                };
-                let _change = self.changes.lock().await;
-                match self.load(owner.clone(), name, bytes, Source::Uploaded).await {
-                    Ok(matcher) if matcher.digest == digest => {
-                        tracing::info!(name, tenant = %tenant.name, %digest, "fetched a matcher uploaded on another host");
-                        self.insert(matcher);
-                    }
-                    Ok(_) => tracing::warn!(name, %digest, "a shared component's bytes do not match their digest"),
-                    Err(e) => tracing::warn!(name, %digest, error = %e, "could not load a matcher from another host"),
-                }
-                Ok(())
-            }
-            (None, Some(_)) => {
-                tracing::info!(name, tenant = %tenant.name, "a matcher removed on another host; forgotten here");
-                self.matchers.write().unwrap().remove(&(owner, name.to_string()));
-                Ok(())
-            }
-            (None, None) => Ok(()),
-        }
-    }
-
-    /// Checks, compiles (or loads from the cache), type-checks and asks
-    /// `info()` of a component.
-    async fn load(
-        &self,
-        owner: Option<Arc<str>>,
-        name: &str,
-        bytes: Vec<u8>,
-        source: Source,
-    ) -> Result<Matcher, LoadError> {
-        let cap = self.config.max_component_size;
-        if bytes.len() > cap && source != Source::Builtin {
-            return Err(LoadError::TooLarge { size: bytes.len(), cap });
-        }
-        check_header(&bytes)?;
-        let digest = digest(&bytes);
-        let size = bytes.len();
-        let component = self.compile(bytes, &digest).await?;
-        let pre = self.sandbox.prepare(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let info = self
-            .sandbox
-            .info(&pre, &self.config.info_limits)
-            .await
-            .map_err(|f| LoadError::Info(format!("{} ({})", f.message, f.kind)))?;
-        check_info(&info)?;
-        Ok(Matcher { name: name.to_string(), owner, info, digest, size, source, pre })
-    }
-
-    /// Compiles on the blocking pool, at most [`COMPILE_SLOTS`] at once,
-    /// consulting the precompiled cache first.
-    async fn compile(&self, bytes: Vec<u8>, digest: &str) -> Result<Component, LoadError> {
-        let _slot = self.compile_slots.acquire().await.expect("the compile semaphore is never closed");
-        let engine = self.sandbox.engine().clone();
-        let cache = self.cache.clone();
-        let digest = digest.to_string();
-        let (component, how) = tokio::task::spawn_blocking(move || {
-            let mut how = How::Compiled;
-            if let Some(cache) = &cache {
-                match cache.load(&engine, &digest) {
-                    Lookup::Hit(component) => return Ok((component, How::Cached)),
-                    Lookup::Miss => {}
-                    Lookup::Rejected(why) => {
-                        tracing::warn!(%why, "recompiling: a cache file could not be trusted");
-                        how = How::Recompiled;
-                    }
-                }
-            }
-            let started = std::time::Instant::now();
-            let component = Component::new(&engine, &bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-            tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "compiled a component");
-            if let Some(cache) = &cache
-                && let Err(e) = cache.store(&digest, &component)
-            {
-                tracing::warn!(error = %e, "could not write the precompiled cache");
-            }
-            Ok((component, how))
-        })
-        .await
-        .map_err(|e| LoadError::Compile(format!("the compile task failed: {e}")))??;
-        match how {
-            How::Cached => &self.stats.cache_hits,
-            How::Compiled => &self.stats.compiled,
-            How::Recompiled => {
-                self.stats.cache_rejected.fetch_add(1, Ordering::Relaxed);
-                &self.stats.compiled
-            }
-        }
-        .fetch_add(1, Ordering::Relaxed);
-        Ok(component)
+    /// The shared matchers, by name.
+    pub fn shared(&self) -> Vec<Arc<Matcher>> {
+        self.matchers.read().unwrap().iter().filter(|((owner, _), _)| owner.is_none()).map(|(_, m)| m.clone()).collect()
     }
 }
 
-enum How {
-    Compiled,
-    Cached,
-    Recompiled,
-}
-
+/// Refuses a name that breaks the rule of [`crate::support::names`].
 pub fn check_name(name: &str) -> Result<(), LoadError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
-    if ok { Ok(()) } else { Err(LoadError::BadName(name.to_string())) }
-}
-
-/// Tells a component from a core module from something else by the
-/// preamble: `\0asm`, then a version and a layer (0 for modules, 1 for
-/// components).
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(LoadError::NotWasm);
-    }
-    let layer = u16::from_le_bytes([bytes[6], bytes[7]]);
-    match layer {
-        0 => Err(LoadError::CoreModule),
-        1 => Ok(()),
-        other => Err(LoadError::Compile(format!("unknown WebAssembly layer {other}"))),
-    }
-}
-
-fn check_info(info: &MatcherInfo) -> Result<(), LoadError> {
-    let field = |what: &str, value: &str, max: usize, required: bool| {
-        if required && value.trim().is_empty() {
-            return Err(LoadError::BadInfo(format!("{what} is empty")));
-        }
-        if value.len() > max {
-            return Err(LoadError::BadInfo(format!("{what} is {} bytes; the cap is {max}", value.len())));
-        }
-        if value.chars().any(|c| c.is_control()) {
-            return Err(LoadError::BadInfo(format!("{what} contains control characters")));
-        }
-        Ok(())
-    };
-    field("name", &info.name, MAX_NAME_LEN, true)?;
-    field("version", &info.version, MAX_VERSION_LEN, true)?;
-    field("description", &info.description, MAX_DESCRIPTION_LEN, false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for ok in ["skills", "my-matcher", "v2.1", "a_b", "0day"] {
-            assert!(check_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Skills", "-x", "a/b", "a@b", "x".repeat(65).as_str(), "ünï"] {
-            assert!(check_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn headers() {
-        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
-        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
-    }
+    if crate::support::names::is_valid_name(name) { Ok(()) } else { Err(LoadError::BadName(name.to_string())) }
 }

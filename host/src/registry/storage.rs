@@ -10,13 +10,15 @@
 //! Bytes are shared between tenants that upload the same component; names
 //! never are.
 //!
-//! Every file is written to a temporary name and renamed into place. A
+//! Every file is written whole or not at all ([`crate::support::files`]). A
 //! component's bytes are written before the name that points at them, and
 //! removed only when no name points at them any more.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::support::files::write_atomically;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoredName {
@@ -32,23 +34,6 @@ pub struct ComponentStorage {
     components: PathBuf,
     names: PathBuf,
     tenants: PathBuf,
-}
-
-/// A temporary name beside `path`, unique to this process and call, so that
-/// concurrent writers (two registries sharing a directory) never collide.
-pub(crate) fn temporary_beside(path: &Path) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}-{n}", std::process::id()));
-    path.with_file_name(name)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = temporary_beside(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn hex(digest: &str) -> &str {

@@ -8,8 +8,10 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "matcher",
     exports: { default: async },
-    // Jobs travel between hosts as JSON (see `crate::cluster`).
-    additional_derives: [serde::Serialize, serde::Deserialize],
+    // Jobs travel between hosts as JSON, and the
+    // rankings a guest returns are what the API serves: one type for both,
+    // described in the OpenAPI document.
+    additional_derives: [PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema],
 });
 
 pub use self::matchbox::matcher::log::Level;

@@ -9,9 +9,9 @@
 //! call (a WASI sleep or poll). With async exports, a Store yields to the
 //! executor at every tick, and the whole call is a future: a timeout or a
 //! cancellation around it drops the future, and with it the Store, within one
-//! tick, whatever the guest is doing. Guests run on the job runtime of
-//! [`crate::jobs`], a tokio runtime of their own, so guest compute never
-//! occupies a worker of the runtime that serves HTTP.
+//! tick, whatever the guest is doing. The caller decides where the future
+//! runs; the job workers run it on a tokio runtime of its own, so that guest
+//! compute never occupies a worker of the runtime that serves HTTP.
 //!
 //! The deadline is counted in epoch ticks by the Store's epoch callback, so a
 //! timeout is reported after `deadline / tick` ticks however loaded the
@@ -130,9 +130,11 @@ impl fmt::Display for FailureKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Why a job failed, as the task reports it: `{kind, message}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobFailure {
     pub kind: FailureKind,
+    /// What happened, for a person.
     pub message: String,
 }
 

@@ -9,9 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Clock, StoreError, Task, TaskCounts, TaskError, TaskOutcome, TaskStatus, TaskStore};
-use crate::runtime::FailureKind;
-use crate::tasks::Ranking;
+use super::{Clock, Ranking, StoreError, Task, TaskCounts, TaskOutcome, TaskStatus, TaskStore};
+use crate::runtime::{FailureKind, JobFailure};
 
 /// Runs every check against stores made by `make(capacity, ttl)`.
 pub async fn run<F, Fut>(make: F)
@@ -61,7 +60,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
 
     let rankings = vec![Ranking { posting_id: "p1".into(), score: 0.75, reasons: vec!["3/4 required skills".into()] }];
     assert!(store.finish(TENANT, id, TaskOutcome::Completed(rankings.clone())).await.unwrap());
-    let late = TaskOutcome::Failed(TaskError { kind: FailureKind::Trap, message: "late".into() });
+    let late = TaskOutcome::Failed(JobFailure::new(FailureKind::Trap, "late"));
     assert!(!store.finish(TENANT, id, late).await.unwrap(), "a result is written once");
     assert!(!store.start(TENANT, id).await.unwrap(), "an ended task does not restart");
 
@@ -75,7 +74,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     // A pending task can end without running (cancelled or failed early).
     let early = pending(&*store, &clock);
     store.insert(early.clone()).await.unwrap();
-    let error = TaskError { kind: FailureKind::Unavailable, message: "matcher removed".into() };
+    let error = JobFailure::new(FailureKind::Unavailable, "matcher removed");
     assert!(store.finish(TENANT, early.task_id, TaskOutcome::Failed(error.clone())).await.unwrap());
     let failed = store.get(TENANT, early.task_id).await.unwrap().unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
@@ -98,7 +97,7 @@ async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
     assert!(!store.start(TENANT, id(1)).await.unwrap());
     assert_eq!(store.counts().await.unwrap(), counts(2, 2, 0, 0, 0));
     store.finish(TENANT, id(0), TaskOutcome::Completed(vec![])).await.unwrap();
-    let error = TaskError { kind: FailureKind::Trap, message: "trap".into() };
+    let error = JobFailure::new(FailureKind::Trap, "trap");
     store.finish(TENANT, id(1), TaskOutcome::Failed(error)).await.unwrap();
     store.finish(TENANT, id(2), TaskOutcome::Cancelled).await.unwrap();
     assert!(!store.finish(TENANT, id(2), TaskOutcome::Completed(vec![])).await.unwrap());

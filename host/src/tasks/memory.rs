@@ -123,7 +123,7 @@ impl State {
             expired.push(id);
         }
         if !expired.is_empty() {
-            super::give_back_spare_capacity(&mut self.tasks);
+            crate::support::capacity::give_back_spare(&mut self.tasks);
         }
         (expired, self.expirations.first().map(|&(when, _)| when))
     }
@@ -252,7 +252,8 @@ impl TaskStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::{MIN_SLOTS, conformance};
+    use crate::support::capacity::MIN_SLOTS;
+    use crate::tasks::conformance;
 
     fn store(capacity: usize, ttl: Duration) -> (MemoryStore, Arc<Mutex<Vec<TaskId>>>) {
         let expired = Arc::new(Mutex::new(Vec::new()));

@@ -2,12 +2,14 @@
 //! live, then gone.
 //!
 //! [`TaskStore`] is the one trait every backend implements; [`MemoryStore`]
-//! is the embedded default, [`RedisStore`] the one several hosts can share. Every implementation must pass the
-//! [`conformance`] suite. A task moves `pending -> running -> completed |
+//! is the embedded default, [`RedisStore`] the one several hosts can share
+//! ([`Backend`] says which one a host runs). Every implementation must pass
+//! the [`conformance`] suite. A task moves `pending -> running -> completed |
 //! failed | cancelled` and is **deleted** when its time to live (counted from
 //! creation) lapses: expiry never merely marks an entry, which is the bug this
 //! project was started to fix (see the README's history section).
 
+mod backend;
 mod clock;
 pub mod conformance;
 mod memory;
@@ -20,28 +22,16 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use backend::Backend;
 pub use clock::Clock;
 pub use memory::{MemoryStore, OnExpire};
 pub use redis::RedisStore;
 
-use crate::runtime::{FailureKind, JobFailure};
+use crate::runtime::JobFailure;
+/// One scored posting, as the guest returned it, checked, stored and served.
+pub use crate::runtime::Ranking;
 
 pub type TaskId = Uuid;
-
-/// Below this many slots a map is never shrunk: shrinking a small map saves
-/// nothing and would just make the next burst reallocate.
-pub(crate) const MIN_SLOTS: usize = 64;
-
-/// Gives a map's memory back after a burst: a `HashMap` never shrinks by
-/// itself, so one burst would otherwise pin its peak for ever. Shrinks to
-/// twice the length once the map is four times too large, so that steady
-/// traffic never shrinks and regrows it back and forth.
-pub(crate) fn give_back_spare_capacity<K: std::hash::Hash + Eq, V>(map: &mut std::collections::HashMap<K, V>) {
-    let wanted = (map.len() * 2).max(MIN_SLOTS);
-    if map.capacity() > wanted * 2 {
-        map.shrink_to(wanted);
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -124,36 +114,16 @@ impl TaskCounts {
     }
 }
 
-/// One scored posting, as stored and as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Ranking {
-    pub posting_id: String,
-    pub score: f32,
-    pub reasons: Vec<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     pub rankings: Vec<Ranking>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct TaskError {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-impl From<JobFailure> for TaskError {
-    fn from(f: JobFailure) -> Self {
-        TaskError { kind: f.kind, message: f.message }
-    }
 }
 
 /// How a job ended, as written to its task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskOutcome {
     Completed(Vec<Ranking>),
-    Failed(TaskError),
+    Failed(JobFailure),
     Cancelled,
 }
 
@@ -192,7 +162,7 @@ pub struct Task {
     /// Why it failed, once failed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(required = false)]
-    pub error: Option<TaskError>,
+    pub error: Option<JobFailure>,
 }
 
 impl Task {

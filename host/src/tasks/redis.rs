@@ -38,7 +38,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use time::OffsetDateTime;
 
-use super::{StoreError, Task, TaskCounts, TaskError, TaskId, TaskOutcome, TaskResult, TaskStatus, TaskStore};
+use super::{StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskResult, TaskStatus, TaskStore};
+use crate::runtime::JobFailure;
 
 /// How long one Redis call may take before the store reports itself
 /// unavailable.
@@ -225,7 +226,7 @@ impl RedisStore {
                 TaskStatus::Completed => {
                     task.result = Some(serde_json::from_str::<TaskResult>(outcome).map_err(corrupt)?)
                 }
-                TaskStatus::Failed => task.error = Some(serde_json::from_str::<TaskError>(outcome).map_err(corrupt)?),
+                TaskStatus::Failed => task.error = Some(serde_json::from_str::<JobFailure>(outcome).map_err(corrupt)?),
                 _ => {}
             }
         }

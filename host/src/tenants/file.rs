@@ -73,10 +73,10 @@ pub struct NewTenant {
     #[arg(long)]
     pub pending_tasks: Option<usize>,
     /// Linear memory of one of its instances, e.g. 64MiB.
-    #[arg(long, value_parser = crate::config::parse_size)]
+    #[arg(long, value_parser = crate::support::units::parse_size)]
     pub memory: Option<usize>,
     /// Deadline of one of its jobs, e.g. 5s.
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, value_parser = crate::support::units::parse_duration)]
     pub deadline: Option<std::time::Duration>,
     /// Postings in one of its jobs.
     #[arg(long)]
@@ -110,7 +110,9 @@ pub fn add(path: &Path, name: &str, new: &NewTenant) -> anyhow::Result<String> {
     text.push_str(&format!("\n[[tenant]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n", keys::KeyHash::of(&key).to_hex()));
     if let Some(matchers) = &new.matchers {
         for m in matchers {
-            crate::registry::check_name(m)?;
+            if !crate::support::names::is_valid_name(m) {
+                anyhow::bail!("'{m}' is not a valid matcher name: use {}", crate::support::names::NAME_RULE);
+            }
         }
         let list: Vec<String> = matchers.iter().map(|m| format!("\"{m}\"")).collect();
         text.push_str(&format!("matchers = [{}]\n", list.join(", ")));
@@ -130,12 +132,8 @@ pub fn add(path: &Path, name: &str, new: &NewTenant) -> anyhow::Result<String> {
     }
     TenantsFile::parse(&text).map_err(|e| anyhow::anyhow!("the new file would not parse (a bug): {e}"))?;
 
-    let tmp = crate::registry::storage::temporary_beside(path);
-    std::fs::write(&tmp, &text).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        std::fs::set_permissions(&tmp, meta.permissions())?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("replacing {}: {e}", path.display()))?;
+    crate::support::files::write_atomically(path, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(key)
 }
 

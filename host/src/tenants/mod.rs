@@ -6,10 +6,11 @@
 //!   per-tenant quotas: jobs running at once, jobs pending, memory per
 //!   instance, job deadline, postings per job.
 //!
-//! Isolation is enforced where the data lives: a task records its tenant
-//! and [`crate::service::Matchbox`] answers another tenant's task exactly as
-//! an unknown one; matchers are keyed by owner in the
-//! [`crate::registry::MatcherRegistry`]. Fair scheduling is the job queue's
+//! Tenants are built from the tenants file and the host's own limits
+//! ([`HostLimits`]), nothing else. Isolation is enforced where the data
+//! lives: a task records its tenant and the task store finds it only under
+//! that tenant; matchers are keyed by owner in the registry, which sees a
+//! tenant through [`Tenant::access`]. Fair scheduling is the job queue's
 //! (`jobs/queue.rs`): one lane per tenant, served round robin, each lane
 //! held to its tenant's `concurrent_jobs`.
 //!
@@ -27,13 +28,40 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 
-use crate::config::Config;
+use crate::registry::Access;
 use crate::runtime::JobLimits;
+use crate::support::units::{parse_duration, parse_size};
 use file::{TenantEntry, TenantsFile};
 use keys::KeyHash;
 
 /// The implicit tenant of a host without a tenants file.
 pub const DEFAULT_TENANT: &str = "default";
+
+/// The host's own limits: the ceiling of every quota, and what a tenant
+/// gets for each quota it leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Jobs run at once.
+    pub workers: usize,
+    /// Jobs waiting for a worker.
+    pub queue: usize,
+    /// Linear memory of one job (the size of an instance slot).
+    pub max_memory: usize,
+    pub job_timeout: Duration,
+    pub max_postings: usize,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            workers: 2,
+            queue: 1024,
+            max_memory: 256 << 20,
+            job_timeout: Duration::from_secs(10),
+            max_postings: 10_000,
+        }
+    }
+}
 
 /// What one tenant may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,14 +74,14 @@ pub struct Quotas {
 }
 
 impl Quotas {
-    /// The host's own limits: what a tenant gets for each quota it leaves out.
-    pub fn of_host(config: &Config) -> Self {
+    /// What a tenant gets for each quota it leaves out.
+    pub fn of_host(host: &HostLimits) -> Self {
         Quotas {
-            concurrent_jobs: config.workers(),
-            pending_tasks: config.queue + config.workers(),
-            memory: config.max_memory,
-            deadline: config.job_timeout,
-            postings: config.max_postings,
+            concurrent_jobs: host.workers,
+            pending_tasks: host.queue + host.workers,
+            memory: host.max_memory,
+            deadline: host.job_timeout,
+            postings: host.max_postings,
         }
     }
 }
@@ -73,11 +101,11 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    fn implicit(config: &Config) -> Self {
+    fn implicit(host: &HostLimits) -> Self {
         Tenant {
             name: DEFAULT_TENANT.into(),
             key: None,
-            quotas: Quotas::of_host(config),
+            quotas: Quotas::of_host(host),
             shared: None,
             private: false,
             pending: AtomicUsize::new(0),
@@ -89,9 +117,9 @@ impl Tenant {
         self.private.then_some(&self.name)
     }
 
-    /// Whether it may use the shared matcher `name`.
-    pub fn may_use_shared(&self, name: &str) -> bool {
-        self.shared.as_ref().is_none_or(|allowed| allowed.contains(name))
+    /// How the matcher registry sees it.
+    pub fn access(&self) -> Access<'_> {
+        Access { caller: &self.name, owner: self.namespace(), shared: self.shared.as_ref() }
     }
 
     /// Takes one of its pending-task places, or `None` at its quota.
@@ -143,18 +171,19 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// The tenants of `config`: those of its tenants file, or the implicit one.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        match &config.config {
-            None => Ok(Tenants { all: vec![Arc::new(Tenant::implicit(config))], auth: false }),
+    /// The tenants of the tenants file at `path`, or without one the
+    /// implicit tenant, under the host's limits.
+    pub fn load(path: Option<&std::path::Path>, host: &HostLimits) -> anyhow::Result<Self> {
+        match path {
+            None => Ok(Tenants { all: vec![Arc::new(Tenant::implicit(host))], auth: false }),
             Some(path) => {
                 let file = TenantsFile::read(path)?;
-                Self::from_file(file, config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+                Self::from_file(file, host).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
             }
         }
     }
 
-    fn from_file(file: TenantsFile, config: &Config) -> anyhow::Result<Self> {
+    fn from_file(file: TenantsFile, host: &HostLimits) -> anyhow::Result<Self> {
         if file.tenants.is_empty() {
             anyhow::bail!("no [[tenant]] in the file; add one with `matchbox tenant add NAME --config FILE`");
         }
@@ -162,7 +191,7 @@ impl Tenants {
         let mut all: Vec<Arc<Tenant>> = Vec::new();
         for entry in file.tenants {
             let name = entry.name.clone();
-            let tenant = resolve(entry, config).map_err(|e| anyhow::anyhow!("tenant '{name}': {e}"))?;
+            let tenant = resolve(entry, host).map_err(|e| anyhow::anyhow!("tenant '{name}': {e}"))?;
             if !names.insert(name.clone()) {
                 anyhow::bail!("tenant '{name}' appears twice");
             }
@@ -224,21 +253,21 @@ impl Tenants {
     }
 }
 
-fn resolve(entry: TenantEntry, config: &Config) -> anyhow::Result<Tenant> {
+fn resolve(entry: TenantEntry, limits: &HostLimits) -> anyhow::Result<Tenant> {
     check_name(&entry.name)?;
-    let host = Quotas::of_host(config);
+    let host = Quotas::of_host(limits);
     let memory = match &entry.memory {
-        Some(m) => crate::config::parse_size(m).map_err(anyhow::Error::msg)?,
+        Some(m) => parse_size(m).map_err(anyhow::Error::msg)?,
         None => host.memory,
     };
-    if memory > config.max_memory {
+    if memory > limits.max_memory {
         anyhow::bail!(
             "memory = {memory} bytes is more than the host's --max-memory ({} bytes), which sizes every instance slot",
-            config.max_memory
+            limits.max_memory
         );
     }
     let deadline = match &entry.deadline {
-        Some(d) => crate::config::parse_duration(d).map_err(anyhow::Error::msg)?,
+        Some(d) => parse_duration(d).map_err(anyhow::Error::msg)?,
         None => host.deadline,
     };
     let positive = |field: &str, value: Option<usize>, default: usize| match value {
@@ -266,8 +295,10 @@ fn resolve(entry: TenantEntry, config: &Config) -> anyhow::Result<Tenant> {
 /// Tenant names follow the rule of matcher names: 1 to 64 of a-z, 0-9, '-',
 /// '_' and '.', starting with a letter or digit.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
-    crate::registry::check_name(name)
-        .map_err(|_| anyhow::anyhow!("'{name}' is not a valid tenant name: use 1 to 64 of a-z, 0-9, '-', '_' and '.'"))
+    if !crate::support::names::is_valid_name(name) {
+        anyhow::bail!("'{name}' is not a valid tenant name: use {}", crate::support::names::NAME_RULE);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -275,7 +306,7 @@ mod tests {
     use super::*;
 
     fn config_with(text: &str) -> anyhow::Result<Tenants> {
-        Tenants::from_file(TenantsFile::parse(text).map_err(anyhow::Error::msg)?, &Config::default())
+        Tenants::from_file(TenantsFile::parse(text).map_err(anyhow::Error::msg)?, &HostLimits::default())
     }
 
     fn entry(name: &str, key: &str, extra: &str) -> String {
@@ -296,7 +327,7 @@ mod tests {
 
     #[test]
     fn quotas_default_to_the_hosts_and_are_checked() {
-        let host = Quotas::of_host(&Config::default());
+        let host = Quotas::of_host(&HostLimits::default());
         let tenants = config_with(&entry("a", "k", "memory = \"16MiB\"\ndeadline = \"2s\"")).unwrap();
         let q = &tenants.all()[0].quotas;
         assert_eq!((q.memory, q.deadline), (16 << 20, Duration::from_secs(2)));

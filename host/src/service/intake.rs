@@ -1,0 +1,240 @@
+//! The one way in for a job.
+//!
+//! A job submitted to this host and a job read from the deployment's stream
+//! go through [`JobIntake::intake`], which takes where the job came from
+//! ([`Origin`]) and applies the same rules: the tenant's matcher resolved
+//! (fetched first from the deployment when hosts share one), then a place in
+//! the queue, then the job tracked and queued in its tenant's lane. What
+//! differs by origin is said where it differs: a local submission is
+//! admitted against the tenant's quota and creates its task; with a
+//! deployment it is handed to the stream, from which some host's intake
+//! takes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::SubmitError;
+use crate::cluster::{Cluster, Delivery, Envelope, StreamClaim};
+use crate::jobs::{Claim, FollowedJobs, Job, JobQueue, JobTracker};
+use crate::metrics::Metrics;
+use crate::registry::{DEFAULT_MATCHER, Matcher, MatcherRef, MatcherRegistry};
+use crate::runtime::{FailureKind, JobFailure, JobInput};
+use crate::tasks::{Clock, StoreError, Task, TaskId, TaskOutcome, TaskStore};
+use crate::tenants::{Tenant, Tenants};
+
+/// Where a job came from.
+pub(super) enum Origin {
+    /// Submitted to this host: its task is created here.
+    Local,
+    /// Read from the deployment's stream, maybe taken over from a host that
+    /// did not finish it: its task exists already.
+    Stream { task_id: TaskId, claim: StreamClaim },
+}
+
+/// What the intake needs of the host.
+pub(super) struct JobIntake {
+    pub(super) clock: Clock,
+    pub(super) registry: Arc<MatcherRegistry>,
+    pub(super) tenants: Arc<Tenants>,
+    pub(super) store: Arc<dyn TaskStore>,
+    pub(super) queue: Arc<JobQueue<Job>>,
+    pub(super) tracker: Arc<JobTracker>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) cluster: Option<Arc<Cluster>>,
+    pub(super) followed: Arc<FollowedJobs>,
+    pub(super) draining: CancellationToken,
+    pub(super) workers: usize,
+}
+
+impl JobIntake {
+    /// The checks a local submission must pass that need nothing but the
+    /// tenant, so the API can make them before reading a body.
+    pub(super) fn may_accept(&self, tenant: &Tenant) -> Result<(), SubmitError> {
+        if self.draining.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        // With hosts sharing jobs, this host's queue only holds what it took
+        // from the stream; the deployment's room is the task table's.
+        if self.cluster.is_none() && !self.queue.has_room() {
+            return Err(SubmitError::QueueFull(self.queue.capacity()));
+        }
+        if tenant.pending() >= tenant.quotas.pending_tasks {
+            return Err(over_quota(tenant));
+        }
+        Ok(())
+    }
+
+    /// A job submitted to this host by `tenant`.
+    pub(super) async fn submit(
+        &self,
+        tenant: &Arc<Tenant>,
+        matcher: Option<MatcherRef>,
+        input: JobInput,
+    ) -> Result<Task, SubmitError> {
+        let reference = matcher.unwrap_or_else(|| MatcherRef::named(DEFAULT_MATCHER));
+        let task = self.intake(tenant, &reference, input, Origin::Local).await?;
+        Ok(task.expect("a local submission creates its task"))
+    }
+
+    /// Takes a job in: resolves its matcher for its tenant, and queues it
+    /// here (or, for a local submission on a host that shares a deployment,
+    /// hands it to the stream). Returns the task a local submission created.
+    async fn intake(
+        &self,
+        tenant: &Arc<Tenant>,
+        reference: &MatcherRef,
+        input: JobInput,
+        origin: Origin,
+    ) -> Result<Option<Task>, SubmitError> {
+        if matches!(origin, Origin::Local) {
+            self.may_accept(tenant)?;
+        }
+        let (matcher, origin) = match (self.matcher_for(tenant, reference).await, origin) {
+            (Ok(matcher), origin) => (matcher, origin),
+            (Err(SubmitError::UnknownMatcher(err)), Origin::Stream { task_id, claim }) => {
+                // Refused for good: the task ends here, on whichever host
+                // read the job, instead of being retried by every host.
+                self.fail(&tenant.name, task_id, claim, format!("the job's matcher is gone: {err}")).await;
+                return Ok(None);
+            }
+            (Err(err), _) => return Err(err),
+        };
+        let (created, admission, claim, id) = match origin {
+            Origin::Local => {
+                let admission = tenant.admit().ok_or_else(|| over_quota(tenant))?;
+                let task = Task::pending(
+                    self.clock.new_task_id(),
+                    tenant.name.to_string(),
+                    matcher.name.clone(),
+                    self.clock.now(),
+                    self.store.ttl(),
+                );
+                if let Some(cluster) = &self.cluster {
+                    self.hand_to_the_deployment(cluster, tenant, &task, &matcher, input).await?;
+                    self.followed.follow(&tenant.name, task.task_id, admission);
+                    return Ok(Some(task));
+                }
+                let id = task.task_id;
+                (Some(task), Some(admission), None, id)
+            }
+            Origin::Stream { task_id, claim } => (None, None, Some(claim), task_id),
+        };
+
+        let slot = self.queue.reserve().ok_or(SubmitError::QueueFull(self.queue.capacity()))?;
+        let span = tracing::info_span!("task", task_id = %id, tenant = %tenant.name, matcher = %matcher.name);
+        // Tracked before it is stored, so an expiry can never miss it.
+        let (cancel, _done) = self.tracker.track(&tenant.name, id);
+        if let Some(task) = &created {
+            if let Err(err) = self.store.insert(task.clone()).instrument(span.clone()).await {
+                self.tracker.finished(id);
+                return Err(err.into());
+            }
+            span.in_scope(|| tracing::debug!(postings = input.postings.len(), "task accepted"));
+            if let Ok(tasks) = self.store.count().await {
+                self.metrics.observe_table(tasks as u64);
+            }
+        }
+        if claim.as_ref().is_some_and(|c| c.reclaimed()) {
+            self.metrics.jobs_taken_over.inc();
+            span.in_scope(|| tracing::info!("took over a job its host did not finish"));
+        }
+        let job = Job {
+            task_id: id,
+            tenant: tenant.name.clone(),
+            admission,
+            claim: claim.map(|c| Box::new(c) as Box<dyn Claim>),
+            matcher,
+            input,
+            limits: tenant.job_limits(),
+            cancel,
+            span,
+        };
+        slot.push(&tenant.name, tenant.quotas.concurrent_jobs, job);
+        Ok(created)
+    }
+
+    /// The matcher `reference` names for `tenant`, brought in line with the
+    /// deployment first when hosts share one.
+    async fn matcher_for(&self, tenant: &Tenant, reference: &MatcherRef) -> Result<Arc<Matcher>, SubmitError> {
+        if self.cluster.is_some() {
+            self.registry
+                .sync(tenant.access(), reference.name())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+        }
+        Ok(self.registry.resolve(tenant.access(), reference)?)
+    }
+
+    /// The task, then the job, both in Redis before the 202. The job names
+    /// the exact component resolved here, so every host runs the same code.
+    async fn hand_to_the_deployment(
+        &self,
+        cluster: &Cluster,
+        tenant: &Tenant,
+        task: &Task,
+        matcher: &Matcher,
+        input: JobInput,
+    ) -> Result<(), SubmitError> {
+        let id = task.task_id;
+        self.store.insert(task.clone()).await?;
+        let envelope = Envelope { tenant: tenant.name.to_string(), task_id: id, matcher: matcher.pinned(), input };
+        if let Err(err) = cluster.publish(&envelope).await {
+            let _ = self.store.remove(&tenant.name, id).await;
+            return Err(err.into());
+        }
+        tracing::debug!(task_id = %id, tenant = %tenant.name, matcher = %matcher.name, "task accepted into the stream");
+        Ok(())
+    }
+
+    /// Ends the task of a job from the stream that cannot run anywhere.
+    async fn fail(&self, tenant: &str, id: TaskId, claim: StreamClaim, message: String) {
+        let failure = JobFailure::new(FailureKind::Unavailable, message);
+        if self.store.finish(tenant, id, TaskOutcome::Failed(failure)).await.is_ok() {
+            let _ = Box::new(claim).settle(id).await;
+        }
+    }
+}
+
+fn over_quota(tenant: &Tenant) -> SubmitError {
+    SubmitError::OverQuota { tenant: tenant.name.to_string(), limit: tenant.quotas.pending_tasks }
+}
+
+#[async_trait]
+impl crate::cluster::Intake for JobIntake {
+    /// Twice the workers, counting what the host already holds: enough to
+    /// keep every worker busy, and the rest stays for other hosts.
+    fn room(&self) -> usize {
+        (2 * self.workers).saturating_sub(self.tracker.len())
+    }
+
+    async fn wait_for_room(&self, timeout: Duration) {
+        self.tracker.wait_for_an_end(timeout).await
+    }
+
+    async fn take(&self, delivery: Delivery) {
+        let Delivery { envelope, claim } = delivery;
+        let Envelope { tenant, task_id: id, matcher, input } = match envelope {
+            Ok(envelope) => envelope,
+            Err(why) => {
+                tracing::warn!(entry = claim.entry(), %why, "dropping an unreadable job from the stream");
+                let _ = claim.discard().await;
+                return;
+            }
+        };
+        let Some(owner) = self.tenants.get(&tenant).cloned() else {
+            let consumer = self.cluster.as_ref().map(|c| c.consumer().to_string()).unwrap_or_default();
+            self.fail(&tenant, id, claim, format!("host {consumer} has no tenant '{tenant}'")).await;
+            return;
+        };
+        let origin = Origin::Stream { task_id: id, claim };
+        // A refusal that is not for good (Redis trouble, a full queue)
+        // leaves the entry pending: another host takes it over later.
+        if let Err(err) = self.intake(&owner, &matcher, input, origin).await {
+            tracing::warn!(task_id = %id, %err, "cannot queue a job from the stream here; it will be taken over");
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! [`Matchbox`]: the one façade the API and the binary use, put together
+//! from the layers below.
+//!
+//! Its fields are private: callers use methods that say what they mean
+//! (accept a job, read or cancel a task, list or upload matchers, the
+//! figures for `/status`). Every job, submitted here or read from the
+//! deployment's stream, enters through one intake (`intake.rs`) that applies
+//! the same rules whatever the job's origin.
+//!
+//! Every background loop the service starts obeys one stop signal, fired
+//! when the `Matchbox` is dropped; the intake's half of it, *draining*, is
+//! fired first when a graceful shutdown begins.
+
+mod intake;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::cluster::Cluster;
+use crate::jobs::{FollowedJobs, JobRunner, JobTracker};
+use crate::metrics::{MemoryHistory, MemorySample, Metrics, Present};
+use crate::registry::{
+    LoadError, LoadStats, MatcherRef, MatcherRegistry, MatcherSummary, RegistryConfig, ResolveError,
+};
+use crate::runtime::{JobInput, LiveInstances, Sandbox, SandboxConfig};
+use crate::tasks::{Backend, Clock, MemoryStore, OnExpire, RedisStore, StoreError, Task, TaskId, TaskStore};
+use crate::tenants::{AuthError, HostLimits, Tenant, Tenants};
+use intake::JobIntake;
+
+/// What the service is built from; `matchbox serve`'s flags map onto it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the task table lives.
+    pub backend: Backend,
+    /// Prefix of every Redis key: hosts with the same prefix form one
+    /// deployment.
+    pub redis_prefix: String,
+    /// The tenants file; without one, a single implicit tenant.
+    pub tenants_file: Option<PathBuf>,
+    /// Workers, queue, memory and time per job, postings per job.
+    pub limits: HostLimits,
+    pub task_ttl: Duration,
+    pub max_tasks: usize,
+    /// Table size past which a warning is logged.
+    pub tasks_high_water: u64,
+    /// Where matchers are kept and what uploads may be.
+    pub registry: RegistryConfig,
+    /// What the HTTP layer enforces before a request reaches the service.
+    pub http: HttpLimits,
+}
+
+/// Caps the HTTP layer enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body.
+    pub max_body: usize,
+    /// Longest `?wait=`.
+    pub max_wait: Duration,
+    /// Largest uploaded component.
+    pub max_component_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    UnknownMatcher(#[from] ResolveError),
+    #[error("the job queue is full ({0} jobs waiting)")]
+    QueueFull(usize),
+    #[error("tenant '{tenant}' has {limit} jobs pending, its quota; retry once some have ended")]
+    OverQuota { tenant: String, limit: usize },
+    #[error("this host is shutting down and takes no new jobs")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("no task {0}")]
+    NotFound(TaskId),
+    #[error("task {0} has expired")]
+    Gone(TaskId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Matchbox {
+    http: HttpLimits,
+    clock: Clock,
+    sandbox: Arc<Sandbox>,
+    registry: Arc<MatcherRegistry>,
+    store: Arc<dyn TaskStore>,
+    jobs: JobRunner,
+    metrics: Arc<Metrics>,
+    memory_history: Arc<MemoryHistory>,
+    tenants: Arc<Tenants>,
+    cluster: Option<Arc<Cluster>>,
+    followed: Arc<FollowedJobs>,
+    intake: Arc<JobIntake>,
+    /// Fired when draining begins: no new submissions, no more jobs taken
+    /// from the stream. A child of the stop signal.
+    draining: CancellationToken,
+    /// Fires the stop signal of every background loop when dropped.
+    _stop: DropGuard,
+}
+
+impl Matchbox {
+    /// Builds the service and starts its workers and background loops. On
+    /// the embedded defaults that is the memory store and the built-in
+    /// matchers. Must be called inside a tokio runtime.
+    pub async fn new(settings: impl Into<Settings>) -> anyhow::Result<Arc<Self>> {
+        let settings = settings.into();
+        let stop = CancellationToken::new();
+        let tenants = Arc::new(Tenants::load(settings.tenants_file.as_deref(), &settings.limits)?);
+        let cluster = open_cluster(&settings, &tenants)?;
+        let sandbox = Arc::new(Sandbox::new(settings.sandbox()).context("creating the wasm engine")?);
+        let registry = Arc::new(open_registry(&settings, &sandbox, &cluster).await?);
+        tenants.check_matchers(&registry.names())?;
+        let clock = Clock::new();
+        let metrics = Arc::new(Metrics::new(settings.tasks_high_water));
+        let tracker = Arc::new(JobTracker::default());
+        let store = open_store(&settings, clock, &tracker, &metrics, &stop).await?;
+        let jobs = JobRunner::start(
+            settings.limits.workers,
+            settings.limits.queue,
+            tracker,
+            store.clone(),
+            sandbox.clone(),
+            metrics.clone(),
+        )
+        .context("starting the job workers")?;
+        let followed = Arc::new(FollowedJobs::default());
+        let draining = stop.child_token();
+        let intake = Arc::new(JobIntake {
+            clock,
+            registry: registry.clone(),
+            tenants: tenants.clone(),
+            store: store.clone(),
+            queue: jobs.queue().clone(),
+            tracker: jobs.tracker().clone(),
+            metrics: metrics.clone(),
+            cluster: cluster.clone(),
+            followed: followed.clone(),
+            draining: draining.clone(),
+            workers: settings.limits.workers,
+        });
+        if let Some(cluster) = &cluster {
+            tokio::spawn(crate::cluster::consume(cluster.clone(), intake.clone(), draining.clone()));
+            tokio::spawn(crate::cluster::follow_ended(cluster.clone(), followed.clone(), stop.clone()));
+            tokio::spawn(crate::cluster::sweep_followed(followed.clone(), store.clone(), stop.clone()));
+        }
+        let memory_history = MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600), stop.clone());
+        Ok(Arc::new(Matchbox {
+            http: settings.http,
+            clock,
+            sandbox,
+            registry,
+            store,
+            jobs,
+            metrics,
+            memory_history,
+            tenants,
+            cluster,
+            followed,
+            intake,
+            draining,
+            _stop: stop.drop_guard(),
+        }))
+    }
+
+    /// The caps the HTTP layer enforces.
+    pub fn http_limits(&self) -> HttpLimits {
+        self.http
+    }
+
+    /// The tenant an `Authorization` header names (without tenants, the
+    /// implicit one).
+    pub fn authenticate(&self, authorization: Option<&axum::http::HeaderValue>) -> Result<Arc<Tenant>, AuthError> {
+        self.tenants.authenticate(authorization)
+    }
+
+    /// A tenant by name.
+    pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.get(name).cloned()
+    }
+
+    /// Whether `tenant` may have a job accepted right now, as far as can be
+    /// told without reading the job: the checks to make before a body is
+    /// read, so that an overloaded host refuses cheaply.
+    pub fn may_accept(&self, tenant: &Tenant) -> Result<(), SubmitError> {
+        self.intake.may_accept(tenant)
+    }
+
+    /// Accepts `tenant`'s job: records a pending task and queues the job.
+    /// Once this returns `Ok`, the task ends in a terminal state or expires.
+    pub async fn submit(
+        &self,
+        tenant: &Arc<Tenant>,
+        matcher: Option<MatcherRef>,
+        input: JobInput,
+    ) -> Result<Task, SubmitError> {
+        self.intake.submit(tenant, matcher, input).await
+    }
+
+    /// `tenant`'s task, or why there is none: expired (its id's timestamp is
+    /// older than the time to live) or never known here. Another tenant's
+    /// task is answered exactly as an unknown one.
+    pub async fn task(&self, tenant: &Tenant, id: TaskId) -> Result<Task, LookupError> {
+        match self.store.get(&tenant.name, id).await? {
+            Some(task) => Ok(task),
+            None => Err(self.missing(id)),
+        }
+    }
+
+    /// Cancels `tenant`'s job still queued or running and deletes its task.
+    pub async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<(), LookupError> {
+        if !self.store.remove(&tenant.name, id).await? {
+            return Err(self.missing(id));
+        }
+        self.jobs.tracker().cancel(id);
+        tracing::info!(task_id = %id, "task deleted by request");
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for `tenant`'s task's job to end, then reads
+    /// the task.
+    pub async fn wait(&self, tenant: &Tenant, id: TaskId, timeout: Duration) -> Result<Task, LookupError> {
+        if let Some(done) = self.job_done(id) {
+            let _ = tokio::time::timeout(timeout, done.cancelled()).await;
+        }
+        self.task(tenant, id).await
+    }
+
+    /// Fires once the job of task `id` has ended and its outcome is written;
+    /// `None` if no such job is in flight here or followed from here.
+    pub fn job_done(&self, id: TaskId) -> Option<CancellationToken> {
+        self.followed.done(id).or_else(|| self.jobs.tracker().done(id))
+    }
+
+    /// Resolves once no job is queued or running on this host.
+    pub async fn idle(&self) {
+        self.jobs.tracker().wait_empty().await
+    }
+
+    /// The matchers `tenant` may use.
+    pub fn matchers(&self, tenant: &Tenant) -> Vec<MatcherSummary> {
+        self.registry.list(tenant.access()).iter().map(|m| m.summary()).collect()
+    }
+
+    /// One matcher `tenant` may use.
+    pub fn matcher(&self, tenant: &Tenant, name: &str) -> Option<MatcherSummary> {
+        self.registry.find(tenant.access(), name).map(|m| m.summary())
+    }
+
+    /// The shared matchers (built-in and directory ones), whoever asks.
+    pub fn shared_matchers(&self) -> Vec<MatcherSummary> {
+        self.registry.shared().iter().map(|m| m.summary()).collect()
+    }
+
+    /// Uploads `tenant`'s matcher `name`; whether the name is new.
+    pub async fn upload(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(MatcherSummary, bool), LoadError> {
+        let (matcher, created) = self.registry.upload(tenant.access(), name, bytes).await?;
+        Ok((matcher.summary(), created))
+    }
+
+    /// Removes `tenant`'s upload `name`; whether there was one.
+    pub async fn remove_matcher(&self, tenant: &Tenant, name: &str) -> Result<bool, LoadError> {
+        self.registry.remove(tenant.access(), name).await
+    }
+
+    /// How matchers were loaded: compiled, from the cache, cache files
+    /// refused.
+    pub fn load_stats(&self) -> &LoadStats {
+        &self.registry.stats
+    }
+
+    /// Whether the task store (and, with hosts sharing jobs, the stream)
+    /// can serve requests.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.store.check().await?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check().await?;
+        }
+        Ok(())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Shuts down gracefully: refuses new jobs from now on, lets the jobs
+    /// already accepted (queued or running) finish for up to `timeout`, then
+    /// cancels whatever is left (or, with hosts sharing jobs, hands it back
+    /// to the deployment). Reads keep being served meanwhile, so clients can
+    /// collect results; stop the HTTP server after this returns.
+    pub async fn drain(&self, timeout: Duration) {
+        self.draining.cancel();
+        let tracker = self.jobs.tracker();
+        tracing::info!(in_flight = tracker.len(), timeout = %humantime::format_duration(timeout), "draining: no new jobs");
+        let _ = tokio::time::timeout(timeout, tracker.wait_empty()).await;
+        let left = tracker.len();
+        if left > 0 && self.cluster.is_some() {
+            tracing::warn!(left, "drain timeout reached; handing the jobs still in flight back to the deployment");
+            self.jobs.hand_back();
+        } else if left > 0 {
+            tracing::warn!(left, "drain timeout reached; cancelling the jobs still in flight");
+            tracker.cancel_all();
+        }
+        if left > 0 {
+            // Cancelled guests stop within an epoch tick; give them a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.sandbox.live().wait_for_zero()).await;
+        }
+        tracing::info!("drained");
+    }
+
+    /// What the host holds right now.
+    pub async fn present(&self) -> Result<Present, StoreError> {
+        let by_status = self.store.counts().await?;
+        Ok(Present {
+            tasks: by_status.total(),
+            tasks_by_status: by_status,
+            jobs_in_flight: self.jobs.tracker().len() as u64,
+            queued: self.jobs.queue().len() as u64,
+            live_instances: self.sandbox.live().get() as u64,
+        })
+    }
+
+    /// Resident memory over the last minutes, oldest first.
+    pub fn memory_history(&self) -> Vec<MemorySample> {
+        self.memory_history.samples()
+    }
+
+    /// The Prometheus text exposition.
+    pub async fn metrics_text(&self) -> Result<String, StoreError> {
+        Ok(self.metrics.render(self.present().await?))
+    }
+
+    /// Tasks deleted at expiry so far (with Redis: jobs this host stopped
+    /// because their task was gone).
+    pub fn tasks_expired(&self) -> u64 {
+        self.metrics.tasks_expired.get()
+    }
+
+    /// Tasks held right now.
+    pub async fn tasks_held(&self) -> Result<usize, StoreError> {
+        self.store.count().await
+    }
+
+    /// The gauge of matcher instances alive right now.
+    pub fn live_instances(&self) -> &LiveInstances {
+        self.sandbox.live()
+    }
+
+    /// A fresh task id on the service's clock.
+    pub fn new_task_id(&self) -> TaskId {
+        self.clock.new_task_id()
+    }
+
+    fn missing(&self, id: TaskId) -> LookupError {
+        if self.clock.has_expired(&id, self.store.ttl()) { LookupError::Gone(id) } else { LookupError::NotFound(id) }
+    }
+}
+
+impl Settings {
+    /// The sandbox these settings run: one instance slot per worker, and
+    /// room for matchers being loaded.
+    pub fn sandbox(&self) -> SandboxConfig {
+        SandboxConfig {
+            max_memory: self.limits.max_memory,
+            instances: (self.limits.workers + 4) as u32,
+            ..SandboxConfig::default()
+        }
+    }
+}
+
+/// The deployment this host joins, when the store is Redis.
+fn open_cluster(settings: &Settings, tenants: &Tenants) -> anyhow::Result<Option<Arc<Cluster>>> {
+    let Backend::Redis { url } = &settings.backend else { return Ok(None) };
+    // A shared job may sit unacknowledged for as long as the longest
+    // deadline of any tenant, plus a grace period; past that its host is
+    // taken to be gone.
+    let claim_after = tenants.all().iter().map(|t| t.quotas.deadline).max().unwrap_or(settings.limits.job_timeout)
+        + crate::cluster::CLAIM_GRACE;
+    Ok(Some(Arc::new(Cluster::open(url, &settings.redis_prefix, claim_after)?)))
+}
+
+async fn open_registry(
+    settings: &Settings,
+    sandbox: &Arc<Sandbox>,
+    cluster: &Option<Arc<Cluster>>,
+) -> anyhow::Result<MatcherRegistry> {
+    let share = cluster.clone().map(|c| c as Arc<dyn crate::registry::MatcherShare>);
+    MatcherRegistry::open(sandbox.clone(), RegistryConfig { share, ..settings.registry.clone() }).await
+}
+
+/// The task store. The memory store reports its expiries as they happen,
+/// and their jobs are cancelled then; a Redis store does not, so the host
+/// asks it about the jobs it runs instead.
+async fn open_store(
+    settings: &Settings,
+    clock: Clock,
+    tracker: &Arc<JobTracker>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Arc<dyn TaskStore>> {
+    match &settings.backend {
+        Backend::Memory => {
+            let on_expire: OnExpire = {
+                let (tracker, metrics) = (tracker.clone(), metrics.clone());
+                Arc::new(move |ids: &[TaskId]| {
+                    metrics.tasks_expired.inc_by(ids.len() as u64);
+                    for id in ids {
+                        // A job still queued or running for an expired task
+                        // stops now; its Store is dropped within one tick.
+                        if tracker.cancel(*id) {
+                            tracing::info!(task_id = %id, "task expired while its job was in flight; cancelled it");
+                        }
+                    }
+                })
+            };
+            Ok(Arc::new(MemoryStore::new(settings.max_tasks, settings.task_ttl, clock, on_expire)))
+        }
+        Backend::Redis { url } => {
+            let store = RedisStore::open(url, &settings.redis_prefix, settings.max_tasks, settings.task_ttl)?;
+            if let Err(err) = store.check().await {
+                tracing::warn!(%err, "Redis does not answer yet; not ready until it does");
+            }
+            let store: Arc<dyn TaskStore> = Arc::new(store);
+            tokio::spawn(crate::jobs::stop_jobs_of_lost_tasks(
+                tracker.clone(),
+                store.clone(),
+                metrics.clone(),
+                stop.clone(),
+            ));
+            Ok(store)
+        }
+    }
+}
