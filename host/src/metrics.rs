@@ -18,6 +18,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::every::Every;
+
 use crate::tasks::{TaskCounts, TaskStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -241,13 +243,8 @@ impl MemoryHistory {
 }
 
 async fn sample(history: Arc<MemoryHistory>, every: Duration, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut every = Every::new(every);
+    while every.tick(&stop).await {
         let Some(rss) = resident_memory_bytes() else { return };
         let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         history.record(MemorySample { at_ms: at_ms.as_millis() as u64, resident_memory_bytes: rss });

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, Delivery};
 use crate::jobs::FollowedJobs;
+use crate::support::every::Every;
 use crate::tasks::TaskStore;
 
 /// How long a read of the stream blocks when there is nothing to take.
@@ -115,13 +116,8 @@ pub async fn follow_ended(cluster: Arc<Cluster>, followed: Arc<FollowedJobs>, st
 /// doing: once a task has ended (or is gone), its tenant's quota place is
 /// given back and `?wait=` is answered.
 pub async fn sweep_followed(followed: Arc<FollowedJobs>, store: Arc<dyn TaskStore>, stop: CancellationToken) {
-    let mut ticks = tokio::time::interval(FOLLOW_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut every = Every::new(FOLLOW_EVERY);
+    while every.tick(&stop).await {
         let tasks = followed.followed();
         if tasks.is_empty() {
             continue;

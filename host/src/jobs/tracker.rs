@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::LaneId;
 use crate::metrics::Metrics;
+use crate::support::every::Every;
 use crate::tasks::{TaskId, TaskStore};
 use crate::tenants::Admission;
 
@@ -178,13 +179,8 @@ pub async fn stop_jobs_of_lost_tasks(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(LOST_TASK_CHECK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    let mut every = Every::new(LOST_TASK_CHECK);
+    while every.tick(&stop).await {
         let in_flight = tracker.in_flight();
         if in_flight.is_empty() {
             continue;

@@ -5,9 +5,11 @@
 //!   `64MiB`);
 //! - [`names`]: the rule for matcher and tenant names;
 //! - [`files`]: writing a file so that a reader never sees half of it;
-//! - [`capacity`]: giving a map's memory back after a burst.
+//! - [`capacity`]: giving a map's memory back after a burst;
+//! - [`every`]: the periodic wake-up of a polling background loop.
 
 pub mod capacity;
+pub mod every;
 pub mod files;
 pub mod names;
 pub mod units;
