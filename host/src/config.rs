@@ -107,6 +107,11 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MATCHERS_DIR")]
     pub matchers_dir: Option<PathBuf>,
 
+    /// Matchers one tenant may have uploaded at once (the default of every
+    /// tenant's `uploads` quota).
+    #[arg(long, env = "MATCHBOX_MAX_UPLOADS", default_value_t = 32)]
+    pub max_uploads: usize,
+
     /// Largest matcher component accepted by `PUT /matchers/{name}`.
     #[arg(long, env = "MATCHBOX_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub max_component_size: usize,
@@ -156,9 +161,10 @@ impl From<Config> for Settings {
                 max_memory: config.max_memory,
                 job_timeout: config.job_timeout,
                 max_postings: config.max_postings,
+                max_tasks: config.max_tasks,
+                max_uploads: config.max_uploads,
             },
             task_ttl: config.task_ttl,
-            max_tasks: config.max_tasks,
             tasks_high_water: config.tasks_high_water,
             registry: RegistryConfig {
                 data_dir: config.data_dir.or_else(|| under(dirs::data_dir())),

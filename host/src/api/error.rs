@@ -105,6 +105,12 @@ impl From<StoreError> for ApiError {
             StoreError::Full { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "table_full", format!("{err}; retry later")).retry_after(5)
             }
+            StoreError::TenantFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "tasks_quota_exceeded", err.to_string()).retry_after(5)
+            }
+            StoreError::OverQuota { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", err.to_string()).retry_after(1)
+            }
             StoreError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", err.to_string()),
             StoreError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", err.to_string()).retry_after(1)
@@ -118,9 +124,6 @@ impl From<SubmitError> for ApiError {
         match err {
             SubmitError::UnknownMatcher(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_matcher", err.to_string())
-            }
-            SubmitError::OverQuota { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", err.to_string()).retry_after(1)
             }
             SubmitError::QueueFull(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{err}; retry later")).retry_after(1)
@@ -165,6 +168,8 @@ impl From<LoadError> for ApiError {
             LoadError::NotWasm => (StatusCode::UNPROCESSABLE_ENTITY, "not_wasm"),
             LoadError::CoreModule => (StatusCode::UNPROCESSABLE_ENTITY, "core_module"),
             LoadError::Compile(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_component"),
+            LoadError::OverLimits(_) => (StatusCode::UNPROCESSABLE_ENTITY, "over_limits"),
+            LoadError::UploadQuota { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "upload_quota_exceeded"),
             LoadError::WrongWorld(_) => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_world"),
             LoadError::Info(_) => (StatusCode::UNPROCESSABLE_ENTITY, "info_failed"),
             LoadError::BadInfo(_) => (StatusCode::UNPROCESSABLE_ENTITY, "info_invalid"),

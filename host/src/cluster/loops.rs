@@ -113,8 +113,7 @@ pub async fn follow_ended(cluster: Arc<Cluster>, followed: Arc<FollowedJobs>, st
 }
 
 /// Asks the store, until `stop` fires, how the jobs this host accepted are
-/// doing: once a task has ended (or is gone), its tenant's quota place is
-/// given back and `?wait=` is answered.
+/// doing: once a task has ended (or is gone), `?wait=` is answered.
 pub async fn sweep_followed(followed: Arc<FollowedJobs>, store: Arc<dyn TaskStore>, stop: CancellationToken) {
     let mut every = Every::new(FOLLOW_EVERY);
     while every.tick(&stop).await {

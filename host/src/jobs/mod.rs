@@ -4,9 +4,8 @@
 //! Workers are tasks on the service's runtime that take a job from the
 //! [`JobQueue`] (fair across tenants, see `queue.rs`), mark its task
 //! running, run it in the [`Sandbox`] and write the outcome. The guest
-//! itself runs on the *guest runtime*, a tokio runtime of its own with one
-//! thread per worker, so guest compute never occupies a thread that serves
-//! HTTP (see [`crate::runtime`] for why guests are async).
+//! itself runs on the sandbox's guest runtime, so guest compute never
+//! occupies a thread that serves HTTP (see [`crate::runtime`] for why).
 //!
 //! A job another host could run too (one read from the deployment's stream)
 //! carries a [`Claim`]: the small trait through which this layer tells the
@@ -35,7 +34,6 @@ use crate::metrics::Metrics;
 use crate::registry::Matcher;
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
 use crate::tasks::{StoreError, TaskId, TaskOutcome, TaskStore};
-use crate::tenants::Admission;
 
 /// A job this host took from the deployment, which another host runs if
 /// this one does not finish it.
@@ -54,9 +52,6 @@ pub struct Job {
     pub task_id: TaskId,
     /// The tenant's name: its lane in the queue and its metrics label.
     pub tenant: LaneId,
-    /// Its place in the tenant's pending-task quota, held until the job ends
-    /// (held by the accepting host when the job came from another one).
-    pub admission: Option<Admission>,
     /// Set when the job came from the deployment's stream.
     pub claim: Option<Box<dyn Claim>>,
     /// The matcher as it was when the job was accepted; replacing it in the
@@ -77,12 +72,11 @@ pub struct JobRunner {
     /// Set when a draining host gives its unfinished shared jobs back.
     handing_back: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    guests: Option<tokio::runtime::Runtime>,
 }
 
 impl JobRunner {
-    /// Starts `workers` workers on the current runtime, and a guest runtime
-    /// with as many threads.
+    /// Starts `workers` workers on the current runtime; their guests run on
+    /// the sandbox's guest runtime.
     pub fn start(
         workers: usize,
         queue_capacity: usize,
@@ -90,12 +84,7 @@ impl JobRunner {
         store: Arc<dyn TaskStore>,
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<Self> {
-        let guests = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .thread_name("matchbox-guest")
-            .enable_time()
-            .build()?;
+    ) -> Self {
         let queue = Arc::new(JobQueue::new(queue_capacity));
         let handing_back = Arc::new(AtomicBool::new(false));
         let workers = (0..workers.max(1))
@@ -106,12 +95,11 @@ impl JobRunner {
                     store: store.clone(),
                     sandbox: sandbox.clone(),
                     metrics: metrics.clone(),
-                    guests: guests.handle().clone(),
                     handing_back: handing_back.clone(),
                 }))
             })
             .collect();
-        Ok(JobRunner { queue, tracker, handing_back, workers, guests: Some(guests) })
+        JobRunner { queue, tracker, handing_back, workers }
     }
 
     /// Cancels every job in flight without ending its task, so that the
@@ -138,11 +126,6 @@ impl Drop for JobRunner {
         for worker in &self.workers {
             worker.abort();
         }
-        if let Some(guests) = self.guests.take() {
-            // Never block a runtime thread on the guest runtime's threads:
-            // cancelled guests stop within a tick on their own.
-            guests.shutdown_background();
-        }
     }
 }
 
@@ -153,7 +136,6 @@ struct Worker {
     store: Arc<dyn TaskStore>,
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
-    guests: tokio::runtime::Handle,
     handing_back: Arc<AtomicBool>,
 }
 
@@ -180,9 +162,8 @@ async fn work(w: Worker) {
             // task's result is written once, so the rerun changes nothing.
             span.in_scope(|| tracing::warn!(%err, "could not acknowledge a shared job"));
         }
-        // The tenant's lane may start another job, and its quota has room
-        // again (the admission was dropped with the job), before anyone
-        // waiting on this one is told it ended.
+        // The tenant's lane may start another job before anyone waiting on
+        // this one is told it ended.
         drop(running);
         w.tracker.finished(id);
     }
@@ -192,7 +173,7 @@ async fn work(w: Worker) {
 /// left to another host on a hand-back); `reclaimed`: taken over from a
 /// host that did not finish it.
 async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposition {
-    let (store, sandbox, guests) = (&*w.store, &w.sandbox, &w.guests);
+    let (store, sandbox) = (&*w.store, &w.sandbox);
     let id = job.task_id;
     let handed_back = || shared && w.handing_back.load(Ordering::Acquire);
     if job.cancel.is_cancelled() {
@@ -210,11 +191,11 @@ async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposi
         }
     }
     let handing_back = shared.then(|| w.handing_back.clone());
-    let Job { matcher, input, limits, cancel, span, tenant, admission, .. } = job;
+    let Job { matcher, input, limits, cancel, span, tenant, .. } = job;
     let matcher_name = matcher.name.clone();
-    let sandbox = sandbox.clone();
-    let run = async move { sandbox.rank(&matcher.pre, &input, &limits, cancel).await }.instrument(span);
-    let outcome = match guests.spawn(run).await {
+    let guest_sandbox = sandbox.clone();
+    let run = async move { guest_sandbox.rank(&matcher.pre, &input, &limits, cancel).await }.instrument(span);
+    let outcome = match sandbox.on_guests(run).await {
         Ok(report) => {
             let outcome = match &report.outcome {
                 Ok(_) => "completed",
@@ -249,9 +230,7 @@ async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposi
             TaskOutcome::Failed(failure)
         }
     };
-    let written = store.finish(&tenant, id, outcome).await;
-    drop(admission);
-    match written {
+    match store.finish(&tenant, id, outcome).await {
         Ok(_) => Disposition::Done,
         Err(err) => {
             tracing::warn!(%err, "could not write the job's outcome");

@@ -8,8 +8,8 @@
 //!
 //! [`FollowedJobs`] is the other half when hosts share a deployment: the jobs
 //! this host accepted into the deployment's stream, whichever host runs
-//! them, each holding its tenant's pending-quota place and a done signal
-//! until its task ends. It is bounded by the tenants' pending quotas.
+//! them, each with a done signal (for `?wait=`) until its task ends. It is
+//! bounded by the tenants' pending quotas, which the task store enforces.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,6 @@ use super::LaneId;
 use crate::metrics::Metrics;
 use crate::support::every::Every;
 use crate::tasks::{TaskId, TaskStore};
-use crate::tenants::Admission;
 
 #[derive(Default)]
 pub struct JobTracker {
@@ -125,7 +124,7 @@ impl JobTracker {
 }
 
 /// The jobs this host accepted into the deployment's stream, followed until
-/// they end wherever they run (for `?wait=` and the pending quota).
+/// they end wherever they run (for `?wait=`).
 #[derive(Default)]
 pub struct FollowedJobs {
     jobs: Mutex<HashMap<TaskId, Followed>>,
@@ -133,14 +132,13 @@ pub struct FollowedJobs {
 
 struct Followed {
     tenant: String,
-    _admission: Admission,
     done: CancellationToken,
 }
 
 impl FollowedJobs {
-    /// Follows `tenant`'s job `id`, holding its quota place until it ends.
-    pub fn follow(&self, tenant: &str, id: TaskId, admission: Admission) {
-        let followed = Followed { tenant: tenant.to_string(), _admission: admission, done: CancellationToken::new() };
+    /// Follows `tenant`'s job `id` until it ends.
+    pub fn follow(&self, tenant: &str, id: TaskId) {
+        let followed = Followed { tenant: tenant.to_string(), done: CancellationToken::new() };
         self.jobs.lock().unwrap().insert(id, followed);
     }
 
@@ -154,8 +152,7 @@ impl FollowedJobs {
         self.jobs.lock().unwrap().iter().map(|(id, f)| (f.tenant.clone(), *id)).collect()
     }
 
-    /// Stops following a job that ended: gives back its quota place and
-    /// wakes whoever waits on it.
+    /// Stops following a job that ended, waking whoever waits on it.
     pub fn ended(&self, id: TaskId) {
         let mut jobs = self.jobs.lock().unwrap();
         if let Some(followed) = jobs.remove(&id) {

@@ -23,6 +23,8 @@ pub struct Access<'a> {
     pub owner: Option<&'a Arc<str>>,
     /// The shared matchers it may use; `None` for all of them.
     pub shared: Option<&'a BTreeSet<String>>,
+    /// How many matchers it may have uploaded at once.
+    pub uploads: usize,
 }
 
 impl Access<'_> {
@@ -160,6 +162,22 @@ impl MatcherRegistry {
             Some(Source::Uploaded) if access.owner.is_some() => Err(LoadError::ReadOnly(name.to_string(), "shared")),
             _ => Ok(()),
         }
+    }
+
+    /// Refuses a new name when `access` has its quota of uploads.
+    pub(super) fn check_upload_quota(&self, access: Access<'_>, name: &str) -> Result<(), LoadError> {
+        let matchers = self.matchers.read().unwrap();
+        if matchers.contains_key(&(access.owner.cloned(), name.to_string())) {
+            return Ok(());
+        }
+        let held = matchers
+            .iter()
+            .filter(|((owner, _), m)| owner.as_ref() == access.owner && m.source == Source::Uploaded)
+            .count();
+        if held >= access.uploads {
+            return Err(LoadError::UploadQuota { caller: access.caller.to_string(), quota: access.uploads });
+        }
+        Ok(())
     }
 }
 

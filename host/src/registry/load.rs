@@ -83,15 +83,24 @@ impl MatcherRegistry {
         bytes: Vec<u8>,
     ) -> Result<(Arc<Matcher>, bool), LoadError> {
         check_name(name)?;
-        let _change = self.changes.lock().await;
         self.check_writable(access, name)?;
+        self.check_upload_quota(access, name)?;
         let owner = access.owner.cloned();
-        let existing = self.get_owned(owner.as_ref(), name);
         let digest = digest(&bytes);
-        if let Some(existing) = existing.as_ref().filter(|m| m.digest == digest) {
-            return Ok((existing.clone(), false));
+        if let Some(existing) = self.get_owned(owner.as_ref(), name).filter(|m| m.digest == digest) {
+            return Ok((existing, false));
         }
+        // Compiling and `info()` take as long as the component makes them
+        // take: no lock is held meanwhile, so one slow upload holds up no
+        // other upload and no job.
         let matcher = self.load(owner.clone(), name, bytes.clone(), Source::Uploaded).await?;
+
+        let _change = self.changes.lock().await;
+        // Checked again: a shared matcher of that name, or the last upload
+        // of the quota, may have arrived while this one compiled.
+        self.check_writable(access, name)?;
+        self.check_upload_quota(access, name)?;
+        let existing = self.get_owned(owner.as_ref(), name);
         if let Some(share) = &self.config.share {
             share
                 .publish(matcher.owner.as_deref(), name, &matcher.digest, &bytes)
@@ -99,11 +108,11 @@ impl MatcherRegistry {
                 .map_err(|e| LoadError::Storage(e.to_string()))?;
         }
         if let Some(storage) = self.storage.clone() {
-            let (name, digest) = (name.to_string(), digest.clone());
+            let (name, digest, old) = (name.to_string(), digest.clone(), existing.as_ref().map(|m| m.digest.clone()));
             tokio::task::spawn_blocking(move || {
                 storage.put(owner.as_deref(), &name, &digest, &bytes)?;
-                if let Some(old) = existing {
-                    storage.collect(&old.digest)?;
+                if let Some(old) = old {
+                    storage.collect(&old)?;
                 }
                 std::io::Result::Ok(())
             })
@@ -167,10 +176,13 @@ impl MatcherRegistry {
         let size = bytes.len();
         let component = self.compile(bytes, &digest).await?;
         let pre = self.sandbox.prepare(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        // `info()` is guest code: it runs on the guest runtime like a job.
+        let (sandbox, info_pre, limits) = (self.sandbox.clone(), pre.clone(), self.config.info_limits.clone());
         let info = self
             .sandbox
-            .info(&pre, &self.config.info_limits)
+            .on_guests(async move { sandbox.info(&info_pre, &limits).await })
             .await
+            .map_err(|e| LoadError::Info(format!("the info() task failed: {e}")))?
             .map_err(|f| LoadError::Info(format!("{} ({})", f.message, f.kind)))?;
         check_info(&info)?;
         Ok(Matcher { name: name.to_string(), owner, info, digest, size, source, pre })
@@ -196,7 +208,14 @@ impl MatcherRegistry {
                 }
             }
             let started = std::time::Instant::now();
-            let component = Component::new(&engine, &bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+            let component = Component::new(&engine, &bytes).map_err(|e| {
+                let e = anyhow::Error::from(e);
+                if crate::runtime::is_over_limits(&e) {
+                    LoadError::OverLimits(format!("{e:#}"))
+                } else {
+                    LoadError::Compile(format!("{e:#}"))
+                }
+            })?;
             tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "compiled a component");
             if let Some(cache) = &cache
                 && let Err(e) = cache.store(&digest, &component)

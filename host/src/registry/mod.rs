@@ -203,6 +203,10 @@ pub enum LoadError {
     CoreModule,
     #[error("the component does not compile: {0}")]
     Compile(String),
+    #[error("the component is over this host's limits for one component: {0}")]
+    OverLimits(String),
+    #[error("'{caller}' has {quota} uploaded matchers, its quota; remove one before uploading another")]
+    UploadQuota { caller: String, quota: usize },
     #[error(
         "the component does not implement the world matchbox:matcher/matcher@0.1.0 with what this host provides: {0}"
     )]
@@ -238,6 +242,9 @@ pub struct MatcherRegistry {
     /// Serialises uploads and removals, so the map and the data directory
     /// always agree on what a name means.
     changes: tokio::sync::Mutex<()>,
+    /// Components of other hosts that failed to load here, by digest, with
+    /// why: a job for one costs a lookup, not another compile.
+    failed: std::sync::Mutex<std::collections::HashMap<String, String>>,
     config: RegistryConfig,
     pub stats: LoadStats,
 }
@@ -272,6 +279,7 @@ impl MatcherRegistry {
             cache,
             compile_slots: Semaphore::new(COMPILE_SLOTS),
             changes: tokio::sync::Mutex::new(()),
+            failed: Default::default(),
             config,
             stats: LoadStats::default(),
         };

@@ -50,19 +50,30 @@ impl MatcherRegistry {
         let remote = share.digest_of(owner.as_deref(), name).await?;
         match (remote, local) {
             (Some(digest), Some(local)) if local.digest == digest => Ok(()),
-            (Some(digest), _) => {
+            (Some(digest), local) => {
+                if let Some(why) = self.failed.lock().unwrap().get(&digest) {
+                    tracing::debug!(name, %digest, %why, "a matcher that failed to load here before; left out");
+                    return Ok(());
+                }
                 let Some(bytes) = share.bytes_of(&digest).await? else {
                     tracing::warn!(name, %digest, "the deployment names a component whose bytes are missing");
                     return Ok(());
                 };
+                // Loaded without the lock (see `upload`), inserted with it
+                // unless the name changed meanwhile.
+                let loaded = self.load(owner.clone(), name, bytes, Source::Uploaded).await;
                 let _change = self.changes.lock().await;
-                match self.load(owner.clone(), name, bytes, Source::Uploaded).await {
+                match loaded {
                     Ok(matcher) if matcher.digest == digest => {
+                        let now = self.get_owned(owner.as_ref(), name).map(|m| m.digest.clone());
+                        if now != local.map(|m| m.digest.clone()) {
+                            return Ok(());
+                        }
                         tracing::info!(name, tenant = %access.caller, %digest, "fetched a matcher uploaded on another host");
                         self.insert(matcher);
                     }
-                    Ok(_) => tracing::warn!(name, %digest, "a shared component's bytes do not match their digest"),
-                    Err(e) => tracing::warn!(name, %digest, error = %e, "could not load a matcher from another host"),
+                    Ok(_) => self.remember_failure(name, &digest, "its bytes do not match their digest".into()),
+                    Err(e) => self.remember_failure(name, &digest, e.to_string()),
                 }
                 Ok(())
             }
@@ -73,5 +84,18 @@ impl MatcherRegistry {
             }
             (None, None) => Ok(()),
         }
+    }
+
+    /// Remembers that the component `digest` does not load on this host, so
+    /// that later jobs for it are refused at once.
+    fn remember_failure(&self, name: &str, digest: &str, why: String) {
+        /// Digests remembered at most; past it, the memory starts over.
+        const MAX_REMEMBERED: usize = 256;
+        tracing::warn!(name, %digest, error = %why, "could not load a matcher from another host");
+        let mut failed = self.failed.lock().unwrap();
+        if failed.len() >= MAX_REMEMBERED {
+            failed.clear();
+        }
+        failed.insert(digest.to_string(), why);
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 /// is [`super::SandboxConfig::max_memory`]; a job's `memory` may only be lower.
 #[derive(Debug, Clone)]
 pub struct JobLimits {
-    /// Linear memory a job's instance may grow to, in bytes.
+    /// Bytes a job's instance may hold in all its linear memories and
+    /// tables together.
     pub memory: usize,
     /// Wall time from instantiation to the answer, guest compute and host
     /// calls alike.

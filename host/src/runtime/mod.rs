@@ -13,6 +13,24 @@
 //! runs; the job workers run it on a tokio runtime of its own, so that guest
 //! compute never occupies a worker of the runtime that serves HTTP.
 //!
+//! # Why the guests have a runtime of their own
+//!
+//! The sandbox owns a tokio runtime for guests, one thread per worker:
+//! [`Sandbox::on_guests`] runs a future there. Every guest call of the host
+//! (a job's `rank`, a matcher's `info()` at upload or first use) goes
+//! through it, so guest code never occupies a thread of the runtime that
+//! serves HTTP, whoever asked for it.
+//!
+//! # What a job may take
+//!
+//! A job's memory cap covers everything its instance allocates: every
+//! linear memory and every table of every core instance in the component,
+//! counted together by the Store's limiter (a table element counts as
+//! [`TABLE_ELEMENT_BYTES`]). The pool gives each component at most
+//! [`ComponentLimits`] core instances, memories and tables, refused when the
+//! component is compiled, and is sized so that every slot can hold the
+//! largest component accepted: one job can never take another's room.
+//!
 //! The deadline is counted in epoch ticks by the Store's epoch callback, so a
 //! timeout is reported after `deadline / tick` ticks however loaded the
 //! machine is; a tokio timeout two ticks later is the backstop for a guest
@@ -40,7 +58,7 @@ pub use bindings::{Candidate, Level, MatchError, MatcherInfo, MatcherPre, Option
 pub use epoch::Ticks;
 pub use limits::JobLimits;
 pub use live::LiveInstances;
-pub use state::{GuestLog, JobState, LogLine};
+pub use state::{GuestLog, JobState, LogLine, TABLE_ELEMENT_BYTES};
 
 use bindings::Matcher;
 
@@ -61,6 +79,10 @@ pub struct SandboxConfig {
     /// stay resident between jobs: reset by the host instead of returned to
     /// the kernel and faulted in again by the next job. See `Sandbox::new`.
     pub keep_resident: usize,
+    /// What one component may contain.
+    pub per_component: ComponentLimits,
+    /// Threads of the guest runtime: as many guests compute at once.
+    pub guest_threads: usize,
 }
 
 impl Default for SandboxConfig {
@@ -71,7 +93,29 @@ impl Default for SandboxConfig {
             tick: Duration::from_millis(10),
             max_wasm_stack: 1 << 20,
             keep_resident: 2 << 20,
+            per_component: ComponentLimits::default(),
+            guest_threads: 2,
         }
+    }
+}
+
+/// What one component may contain, checked when it is compiled (an upload
+/// over them is refused) and used to size the pool.
+///
+/// Measured (core instances, linear memories, tables): a Rust matcher built
+/// for `wasm32-wasip2` 3, 1, 2; a componentize-py 0.25 matcher 14, 1, 2; a
+/// componentize-js 0.23 matcher 4, 1, 2. The defaults leave twice that room
+/// or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComponentLimits {
+    pub core_instances: u32,
+    pub memories: u32,
+    pub tables: u32,
+}
+
+impl Default for ComponentLimits {
+    fn default() -> Self {
+        ComponentLimits { core_instances: 32, memories: 2, tables: 4 }
     }
 }
 
@@ -138,9 +182,14 @@ pub struct JobFailure {
     pub message: String,
 }
 
+/// The longest failure message a task keeps; a longer one (a guest's
+/// error text, a backtrace through functions a guest named) keeps its start.
+pub const MAX_FAILURE_MESSAGE: usize = 4096;
+
 impl JobFailure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        JobFailure { kind, message: message.into() }
+    /// A failure of `kind`; the message is cut to [`MAX_FAILURE_MESSAGE`].
+    pub fn new(kind: FailureKind, message: impl AsRef<str>) -> Self {
+        JobFailure { kind, message: crate::support::text::cut(message.as_ref(), MAX_FAILURE_MESSAGE) }
     }
 }
 
@@ -169,22 +218,30 @@ enum Interrupted {
     Cancelled,
 }
 
-/// The engine, the linker and the epoch ticker, built once per process.
+/// The engine, the linker, the epoch ticker and the guest runtime, built
+/// once per process.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<JobState>,
     config: SandboxConfig,
     live: LiveInstances,
     ticker: epoch::EpochTicker,
+    guests: Option<tokio::runtime::Runtime>,
 }
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let limits = config.per_component;
         let mut pool = PoolingAllocationConfig::default();
+        // Every slot can hold the largest component accepted, so no job's
+        // component can take the room of another's.
         pool.total_component_instances(config.instances)
-            .total_core_instances(config.instances * 8)
-            .total_memories(config.instances * 2)
-            .total_tables(config.instances * 4)
+            .total_core_instances(config.instances * limits.core_instances)
+            .total_memories(config.instances * limits.memories)
+            .total_tables(config.instances * limits.tables)
+            .max_core_instances_per_component(limits.core_instances)
+            .max_memories_per_component(limits.memories)
+            .max_tables_per_component(limits.tables)
             .total_stacks(config.instances)
             .max_memory_size(config.max_memory)
             // Every job gets a fresh instance in a reused slot. Returning a
@@ -210,7 +267,27 @@ impl Sandbox {
         Matcher::add_to_linker::<_, HasSelf<JobState>>(&mut linker, |state| state).map_err(anyhow::Error::from)?;
 
         let ticker = epoch::EpochTicker::start(engine.clone(), config.tick)?;
-        Ok(Sandbox { engine, linker, config, live: LiveInstances::default(), ticker })
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.guest_threads.max(1))
+            .thread_name("matchbox-guest")
+            .enable_time()
+            .build()?;
+        Ok(Sandbox { engine, linker, config, live: LiveInstances::default(), ticker, guests: Some(guests) })
+    }
+
+    /// Runs `future` on the guest runtime. Dropping the handle does not
+    /// stop it; abort it, or cancel the job it runs.
+    pub fn on_guests<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.guests.as_ref().expect("the guest runtime lives as long as the sandbox").spawn(future)
+    }
+
+    /// What one component may contain.
+    pub fn component_limits(&self) -> ComponentLimits {
+        self.config.per_component
     }
 
     pub fn engine(&self) -> &Engine {
@@ -337,7 +414,11 @@ fn classify(err: &wasmtime::Error, state: &JobState, limits: &JobLimits, instant
     if let Some(desired) = state.memory_refused {
         return JobFailure::new(
             FailureKind::MemoryLimit,
-            format!("the guest asked for {} of linear memory; the limit is {}", mib(desired), mib(limits.memory)),
+            format!(
+                "the guest asked for {} of memory in all (its linear memories and tables); the limit is {}",
+                mib(desired),
+                mib(limits.memory)
+            ),
         );
     }
     let stderr = stderr_tail(state);
@@ -363,11 +444,28 @@ fn stderr_tail(state: &JobState) -> String {
     if text.is_empty() {
         return String::new();
     }
-    let mut start = text.len().saturating_sub(MAX);
-    while !text.is_char_boundary(start) {
-        start += 1;
+    format!("; guest stderr: {}", crate::support::text::tail(text, MAX))
+}
+
+/// Whether a compile error says the component is over the pool's
+/// per-component limits (or a memory or table larger than a slot), rather
+/// than invalid: wasmtime checks those when it builds a `Component`.
+pub fn is_over_limits(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let text = cause.to_string();
+        text.contains("exceeds the configured maximum")
+            || text.contains("does not fit in pooling allocator requirements")
+    })
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(guests) = self.guests.take() {
+            // Never block a runtime thread on the guest runtime's threads:
+            // cancelled guests stop within a tick on their own.
+            guests.shutdown_background();
+        }
     }
-    format!("; guest stderr: {}", &text[start..])
 }
 
 fn mib(bytes: usize) -> String {

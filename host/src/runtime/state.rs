@@ -30,11 +30,18 @@ pub struct GuestLog {
     pub dropped: usize,
 }
 
+/// What one table element counts for against a job's memory cap: a
+/// reference, the size of a pointer.
+pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
 /// The data of a job's Store.
 pub struct JobState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limits: JobLimits,
+    /// Bytes of every linear memory and table of the instance, together:
+    /// what the job's memory cap bounds.
+    pub(super) memory_in_use: usize,
     /// Set when the guest asked for more memory than `limits.memory`, so that
     /// the trap that usually follows (a Rust guest aborts when an allocation
     /// fails) is reported as the memory limit it really is.
@@ -72,6 +79,7 @@ impl JobState {
             wasi,
             table,
             limits,
+            memory_in_use: 0,
             memory_refused: None,
             log: GuestLog::default(),
             stdout,
@@ -112,17 +120,36 @@ impl matcher::log::Host for JobState {
     }
 }
 
+impl JobState {
+    /// Accounts for one memory or table growing from `current` to `desired`
+    /// bytes; refuses if all of the instance's memories and tables together
+    /// would pass the job's cap.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.memory_in_use.saturating_sub(current).saturating_add(desired);
+        if total > self.limits.memory {
+            self.memory_refused = Some(total);
+            return false;
+        }
+        self.memory_in_use = total;
+        true
+    }
+}
+
+/// Called by wasmtime for each linear memory and table as it is created
+/// (from 0) and whenever it grows, one at a time: the limiter keeps the sum.
 impl ResourceLimiter for JobState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limits.memory || maximum.is_some_and(|max| desired > max) {
-            self.memory_refused = Some(desired);
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(maximum.is_none_or(|max| desired <= max))
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        Ok(self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 }
 

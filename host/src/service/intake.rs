@@ -5,8 +5,8 @@
 //! ([`Origin`]) and applies the same rules: the tenant's matcher resolved
 //! (fetched first from the deployment when hosts share one), then a place in
 //! the queue, then the job tracked and queued in its tenant's lane. What
-//! differs by origin is said where it differs: a local submission is
-//! admitted against the tenant's quota and creates its task; with a
+//! differs by origin is said where it differs: a local submission creates
+//! its task (which the task store admits against the tenant's caps); with a
 //! deployment it is handed to the stream, from which some host's intake
 //! takes it.
 
@@ -62,8 +62,8 @@ impl JobIntake {
         if self.cluster.is_none() && !self.queue.has_room() {
             return Err(SubmitError::QueueFull(self.queue.capacity()));
         }
-        if tenant.pending() >= tenant.quotas.pending_tasks {
-            return Err(over_quota(tenant));
+        if let Some(refused) = self.store.refusal(&tenant.name, tenant.caps()) {
+            return Err(refused.into());
         }
         Ok(())
     }
@@ -103,9 +103,8 @@ impl JobIntake {
             }
             (Err(err), _) => return Err(err),
         };
-        let (created, admission, claim, id) = match origin {
+        let (created, claim, id) = match origin {
             Origin::Local => {
-                let admission = tenant.admit().ok_or_else(|| over_quota(tenant))?;
                 let task = Task::pending(
                     self.clock.new_task_id(),
                     tenant.name.to_string(),
@@ -115,13 +114,13 @@ impl JobIntake {
                 );
                 if let Some(cluster) = &self.cluster {
                     self.hand_to_the_deployment(cluster, tenant, &task, &matcher, input).await?;
-                    self.followed.follow(&tenant.name, task.task_id, admission);
+                    self.followed.follow(&tenant.name, task.task_id);
                     return Ok(Some(task));
                 }
                 let id = task.task_id;
-                (Some(task), Some(admission), None, id)
+                (Some(task), None, id)
             }
-            Origin::Stream { task_id, claim } => (None, None, Some(claim), task_id),
+            Origin::Stream { task_id, claim } => (None, Some(claim), task_id),
         };
 
         let slot = self.queue.reserve().ok_or(SubmitError::QueueFull(self.queue.capacity()))?;
@@ -129,7 +128,7 @@ impl JobIntake {
         // Tracked before it is stored, so an expiry can never miss it.
         let (cancel, _done) = self.tracker.track(&tenant.name, id);
         if let Some(task) = &created {
-            if let Err(err) = self.store.insert(task.clone()).instrument(span.clone()).await {
+            if let Err(err) = self.store.insert(task.clone(), tenant.caps()).instrument(span.clone()).await {
                 self.tracker.finished(id);
                 return Err(err.into());
             }
@@ -145,7 +144,6 @@ impl JobIntake {
         let job = Job {
             task_id: id,
             tenant: tenant.name.clone(),
-            admission,
             claim: claim.map(|c| Box::new(c) as Box<dyn Claim>),
             matcher,
             input,
@@ -180,7 +178,7 @@ impl JobIntake {
         input: JobInput,
     ) -> Result<(), SubmitError> {
         let id = task.task_id;
-        self.store.insert(task.clone()).await?;
+        self.store.insert(task.clone(), tenant.caps()).await?;
         let envelope = Envelope { tenant: tenant.name.to_string(), task_id: id, matcher: matcher.pinned(), input };
         if let Err(err) = cluster.publish(&envelope).await {
             let _ = self.store.remove(&tenant.name, id).await;
@@ -197,10 +195,6 @@ impl JobIntake {
             let _ = Box::new(claim).settle(id).await;
         }
     }
-}
-
-fn over_quota(tenant: &Tenant) -> SubmitError {
-    SubmitError::OverQuota { tenant: tenant.name.to_string(), limit: tenant.quotas.pending_tasks }
 }
 
 #[async_trait]

@@ -44,7 +44,6 @@ pub struct Settings {
     /// Workers, queue, memory and time per job, postings per job.
     pub limits: HostLimits,
     pub task_ttl: Duration,
-    pub max_tasks: usize,
     /// Table size past which a warning is logged.
     pub tasks_high_water: u64,
     /// Where matchers are kept and what uploads may be.
@@ -70,8 +69,6 @@ pub enum SubmitError {
     UnknownMatcher(#[from] ResolveError),
     #[error("the job queue is full ({0} jobs waiting)")]
     QueueFull(usize),
-    #[error("tenant '{tenant}' has {limit} jobs pending, its quota; retry once some have ended")]
-    OverQuota { tenant: String, limit: usize },
     #[error("this host is shutting down and takes no new jobs")]
     ShuttingDown,
     #[error(transparent)]
@@ -123,7 +120,7 @@ impl Matchbox {
         let clock = Clock::new();
         let metrics = Arc::new(Metrics::new(settings.tasks_high_water));
         let tracker = Arc::new(JobTracker::default());
-        let store = open_store(&settings, clock, &tracker, &metrics, &stop).await?;
+        let store = open_store(&settings, &tenants, clock, &tracker, &metrics, &stop).await?;
         let jobs = JobRunner::start(
             settings.limits.workers,
             settings.limits.queue,
@@ -131,8 +128,7 @@ impl Matchbox {
             store.clone(),
             sandbox.clone(),
             metrics.clone(),
-        )
-        .context("starting the job workers")?;
+        );
         let followed = Arc::new(FollowedJobs::default());
         let draining = stop.child_token();
         let intake = Arc::new(JobIntake {
@@ -377,6 +373,7 @@ impl Settings {
         SandboxConfig {
             max_memory: self.limits.max_memory,
             instances: (self.limits.workers + 4) as u32,
+            guest_threads: self.limits.workers,
             ..SandboxConfig::default()
         }
     }
@@ -407,6 +404,7 @@ async fn open_registry(
 /// asks it about the jobs it runs instead.
 async fn open_store(
     settings: &Settings,
+    tenants: &Tenants,
     clock: Clock,
     tracker: &Arc<JobTracker>,
     metrics: &Arc<Metrics>,
@@ -427,10 +425,11 @@ async fn open_store(
                     }
                 })
             };
-            Ok(Arc::new(MemoryStore::new(settings.max_tasks, settings.task_ttl, clock, on_expire)))
+            Ok(Arc::new(MemoryStore::new(settings.limits.max_tasks, settings.task_ttl, clock, on_expire)))
         }
         Backend::Redis { url } => {
-            let store = RedisStore::open(url, &settings.redis_prefix, settings.max_tasks, settings.task_ttl)?;
+            let tenants = tenants.all().iter().map(|t| t.name.to_string()).collect();
+            let store = RedisStore::open(url, &settings.redis_prefix, tenants, settings.task_ttl)?;
             if let Err(err) = store.check().await {
                 tracing::warn!(%err, "Redis does not answer yet; not ready until it does");
             }

@@ -6,10 +6,12 @@
 //! - [`names`]: the rule for matcher and tenant names;
 //! - [`files`]: writing a file so that a reader never sees half of it;
 //! - [`capacity`]: giving a map's memory back after a burst;
-//! - [`every`]: the periodic wake-up of a polling background loop.
+//! - [`every`]: the periodic wake-up of a polling background loop;
+//! - [`text`]: cutting untrusted text to a size before it is kept.
 
 pub mod capacity;
 pub mod every;
 pub mod files;
 pub mod names;
+pub mod text;
 pub mod units;

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Clock, Ranking, StoreError, Task, TaskCounts, TaskOutcome, TaskStatus, TaskStore};
+use super::{Clock, Ranking, StoreError, Task, TaskCounts, TaskOutcome, TaskStatus, TaskStore, TenantCaps};
 use crate::runtime::{FailureKind, JobFailure};
 
 /// Runs every check against stores made by `make(capacity, ttl)`.
@@ -24,11 +24,15 @@ where
     counts_follow_every_change(make(16, Duration::from_secs(2)).await).await;
     tenants_never_see_each_others_tasks(make(16, LONG).await).await;
     unknown_ids_are_refused(make(16, LONG).await).await;
-    capacity_is_enforced(make(3, LONG).await).await;
+    tenant_caps_are_enforced(make(16, LONG).await).await;
     expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
 }
 
+/// The tenants the suite uses; a store that must know its tenants is made
+/// for these.
+pub const TENANTS: [&str; 2] = [TENANT, OTHER];
 const TENANT: &str = "default";
+const OTHER: &str = "another-tenant";
 
 fn pending(store: &dyn TaskStore, clock: &Clock) -> Task {
     Task::pending(clock.new_task_id(), TENANT.into(), "skills".into(), clock.now(), store.ttl())
@@ -38,10 +42,10 @@ async fn round_trip(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
     store.check().await.expect("a fresh store is ready");
     let task = pending(&*store, &clock);
-    store.insert(task.clone()).await.unwrap();
+    store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
     assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), Some(task.clone()));
     assert_eq!(store.count().await.unwrap(), 1);
-    assert_eq!(store.insert(task.clone()).await, Err(StoreError::Duplicate(task.task_id)));
+    assert_eq!(store.insert(task.clone(), TenantCaps::NONE).await, Err(StoreError::Duplicate(task.task_id)));
     assert!(store.remove(TENANT, task.task_id).await.unwrap());
     assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), None);
     assert!(!store.remove(TENANT, task.task_id).await.unwrap(), "a second remove finds nothing");
@@ -52,7 +56,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
     let task = pending(&*store, &clock);
     let id = task.task_id;
-    store.insert(task.clone()).await.unwrap();
+    store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
 
     assert!(store.start(TENANT, id).await.unwrap());
     assert!(!store.start(TENANT, id).await.unwrap(), "a task starts once");
@@ -73,7 +77,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
 
     // A pending task can end without running (cancelled or failed early).
     let early = pending(&*store, &clock);
-    store.insert(early.clone()).await.unwrap();
+    store.insert(early.clone(), TenantCaps::NONE).await.unwrap();
     let error = JobFailure::new(FailureKind::Unavailable, "matcher removed");
     assert!(store.finish(TENANT, early.task_id, TaskOutcome::Failed(error.clone())).await.unwrap());
     let failed = store.get(TENANT, early.task_id).await.unwrap().unwrap();
@@ -88,7 +92,7 @@ async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
         |pending, running, completed, failed, cancelled| TaskCounts { pending, running, completed, failed, cancelled };
     let tasks: Vec<Task> = (0..4).map(|_| pending(&*store, &clock)).collect();
     for task in &tasks {
-        store.insert(task.clone()).await.unwrap();
+        store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
     }
     let id = |i: usize| tasks[i].task_id;
     assert_eq!(store.counts().await.unwrap(), counts(4, 0, 0, 0, 0));
@@ -116,8 +120,8 @@ async fn tenants_never_see_each_others_tasks(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
     let task = pending(&*store, &clock);
     let id = task.task_id;
-    store.insert(task.clone()).await.unwrap();
-    let other = "another-tenant";
+    store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+    let other = OTHER;
     assert_eq!(store.get(other, id).await.unwrap(), None);
     assert!(!store.start(other, id).await.unwrap());
     assert!(!store.finish(other, id, TaskOutcome::Cancelled).await.unwrap());
@@ -136,23 +140,34 @@ async fn unknown_ids_are_refused(store: Arc<dyn TaskStore>) {
     assert_eq!(store.count().await.unwrap(), 0, "nothing was created by touching an unknown id");
 }
 
-async fn capacity_is_enforced(store: Arc<dyn TaskStore>) {
+/// A tenant at its cap of tasks held (finished ones included) or pending is
+/// refused, and loses nothing; another tenant is not held up by it.
+async fn tenant_caps_are_enforced(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
-    assert_eq!(store.capacity(), 3);
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let task = pending(&*store, &clock);
-        ids.push(task.task_id);
-        store.insert(task).await.unwrap();
+    let caps = TenantCaps { tasks: 3, pending: 2 };
+    let of =
+        |tenant: &str| Task::pending(clock.new_task_id(), tenant.into(), "skills".into(), clock.now(), store.ttl());
+    let (first, second) = (of(TENANT), of(TENANT));
+    store.insert(first.clone(), caps).await.unwrap();
+    store.insert(second.clone(), caps).await.unwrap();
+    let over = StoreError::OverQuota { tenant: TENANT.into(), limit: 2 };
+    assert_eq!(store.insert(of(TENANT), caps).await, Err(over), "two pending is the quota");
+    assert!(store.refusal(OTHER, caps).is_none());
+    store.insert(of(OTHER), caps).await.expect("another tenant is not held up");
+
+    // A finished task no longer counts as pending, but it is still held.
+    assert!(store.finish(TENANT, first.task_id, TaskOutcome::Completed(vec![])).await.unwrap());
+    let third = of(TENANT);
+    store.insert(third.clone(), caps).await.unwrap();
+    let full = StoreError::TenantFull { tenant: TENANT.into(), cap: 3 };
+    assert!(store.finish(TENANT, second.task_id, TaskOutcome::Cancelled).await.unwrap());
+    assert_eq!(store.insert(of(TENANT), caps).await, Err(full), "three held is the cap, finished or not");
+    for task in [&first, &second, &third] {
+        assert!(store.get(TENANT, task.task_id).await.unwrap().is_some(), "a refusal loses nothing");
     }
-    let refused = pending(&*store, &clock);
-    assert_eq!(store.insert(refused.clone()).await, Err(StoreError::Full { capacity: 3 }));
-    assert_eq!(store.get(TENANT, refused.task_id).await.unwrap(), None);
-    for id in &ids {
-        assert!(store.get(TENANT, *id).await.unwrap().is_some(), "a full table loses nothing it accepted");
-    }
-    assert!(store.remove(TENANT, ids[0]).await.unwrap());
-    store.insert(refused).await.expect("room again after a delete");
+    // Deleting gives the room back.
+    assert!(store.remove(TENANT, first.task_id).await.unwrap());
+    store.insert(of(TENANT), caps).await.expect("room again after a delete");
 }
 
 async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
@@ -160,7 +175,7 @@ async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
     let ttl = store.ttl();
     let task = pending(&*store, &clock);
     let id = task.task_id;
-    store.insert(task).await.unwrap();
+    store.insert(task, TenantCaps::NONE).await.unwrap();
     tokio::time::sleep(ttl / 2).await;
     assert!(store.start(TENANT, id).await.unwrap());
     assert!(store.finish(TENANT, id, TaskOutcome::Completed(vec![])).await.unwrap());

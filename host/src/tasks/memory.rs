@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Clock, StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskStatus, TaskStore};
+use super::{Clock, StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskStatus, TaskStore, TenantCaps};
 
 /// Told the ids of tasks the purge deleted, after the lock is released, so
 /// that jobs still running for them can be cancelled.
@@ -54,6 +54,16 @@ struct State {
     expirations: BTreeSet<(Instant, TaskId)>,
     /// Kept up to date at every change, so reading it never scans the table.
     by_status: TaskCounts,
+    /// What each tenant holds, kept up to date the same way; a tenant that
+    /// holds nothing has no entry.
+    held: HashMap<String, Held>,
+}
+
+/// One tenant's tasks: all it holds, and those pending or running.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    tasks: usize,
+    open: usize,
 }
 
 struct Entry {
@@ -91,6 +101,7 @@ impl MemoryStore {
         let state = &mut *state;
         match state.tasks.get_mut(&id) {
             Some(entry) if entry.task.tenant == tenant && from(entry.task.status) => {
+                // Pending and running are both open: the tenant's counts stay.
                 state.by_status.moved(entry.task.status, TaskStatus::Running);
                 entry.task.status = TaskStatus::Running;
                 entry.task.touch(now);
@@ -108,6 +119,35 @@ impl Drop for MemoryStore {
 }
 
 impl State {
+    /// Why `tenant` may not add a task now, if it may not.
+    fn refusal(&self, tenant: &str, caps: TenantCaps, capacity: usize) -> Option<StoreError> {
+        if self.tasks.len() >= capacity {
+            return Some(StoreError::Full { capacity });
+        }
+        let held = self.held.get(tenant).copied().unwrap_or_default();
+        if held.tasks >= caps.tasks {
+            return Some(StoreError::TenantFull { tenant: tenant.to_string(), cap: caps.tasks });
+        }
+        if held.open >= caps.pending {
+            return Some(StoreError::OverQuota { tenant: tenant.to_string(), limit: caps.pending });
+        }
+        None
+    }
+
+    /// Forgets a task that left the table, in every count.
+    fn forget(&mut self, task: &Task) {
+        self.by_status.take(task.status);
+        if let Some(held) = self.held.get_mut(&task.tenant) {
+            held.tasks -= 1;
+            if !task.status.is_terminal() {
+                held.open -= 1;
+            }
+            if held.tasks == 0 {
+                self.held.remove(&task.tenant);
+            }
+        }
+    }
+
     /// Deletes every task whose expiry is at or before `now`; returns their
     /// ids and the next expiry, if any task is left.
     fn purge(&mut self, now: Instant) -> (Vec<TaskId>, Option<Instant>) {
@@ -118,7 +158,7 @@ impl State {
             }
             self.expirations.pop_first();
             if let Some(entry) = self.tasks.remove(&id) {
-                self.by_status.take(entry.task.status);
+                self.forget(&entry.task);
             }
             expired.push(id);
         }
@@ -155,20 +195,23 @@ async fn purge_expired_tasks(shared: Arc<Shared>) {
 
 #[async_trait]
 impl TaskStore for MemoryStore {
-    async fn insert(&self, task: Task) -> Result<(), StoreError> {
+    async fn insert(&self, task: Task, caps: TenantCaps) -> Result<(), StoreError> {
         let expires = Instant::now() + self.ttl;
         let id = task.task_id;
         let mut state = self.shared.state.lock().unwrap();
-        if state.tasks.len() >= self.capacity {
-            return Err(StoreError::Full { capacity: self.capacity });
-        }
         if state.tasks.contains_key(&id) {
             return Err(StoreError::Duplicate(id));
+        }
+        if let Some(refused) = state.refusal(&task.tenant, caps, self.capacity) {
+            return Err(refused);
         }
         // Only an entry that becomes the earliest changes when the purge
         // must wake; with one TTL for all, that is only the first one.
         let earliest = state.expirations.first().is_none_or(|&(when, _)| expires < when);
         state.by_status.add(task.status);
+        let held = state.held.entry(task.tenant.clone()).or_default();
+        held.tasks += 1;
+        held.open += 1;
         state.tasks.insert(id, Entry { task, expires });
         state.expirations.insert((expires, id));
         drop(state);
@@ -176,6 +219,10 @@ impl TaskStore for MemoryStore {
             self.shared.wake_purge.notify_one();
         }
         Ok(())
+    }
+
+    fn refusal(&self, tenant: &str, caps: TenantCaps) -> Option<StoreError> {
+        self.shared.state.lock().unwrap().refusal(tenant, caps, self.capacity)
     }
 
     async fn get(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
@@ -200,6 +247,9 @@ impl TaskStore for MemoryStore {
                 let from = entry.task.status;
                 entry.task.apply(outcome, now);
                 state.by_status.moved(from, entry.task.status);
+                if let Some(held) = state.held.get_mut(&entry.task.tenant) {
+                    held.open -= 1;
+                }
                 Ok(true)
             }
             _ => Ok(false),
@@ -213,7 +263,7 @@ impl TaskStore for MemoryStore {
         }
         let entry = state.tasks.remove(&id).expect("just seen");
         state.expirations.remove(&(entry.expires, id));
-        state.by_status.take(entry.task.status);
+        state.forget(&entry.task);
         Ok(true)
     }
 
@@ -242,10 +292,6 @@ impl TaskStore for MemoryStore {
 
     fn ttl(&self) -> Duration {
         self.ttl
-    }
-
-    fn capacity(&self) -> usize {
-        self.capacity
     }
 }
 
@@ -283,7 +329,10 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..100 {
             let id = clock.new_task_id();
-            table.insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
+            table
+                .insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+                .await
+                .unwrap();
             ids.push(id);
         }
         assert_eq!(table.count().await.unwrap(), 100);
@@ -313,7 +362,10 @@ mod tests {
 
         for _ in 0..1000 {
             let id = clock.new_task_id();
-            table.insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
+            table
+                .insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+                .await
+                .unwrap();
             assert!(table.start("default", id).await.unwrap());
             assert!(table.finish("default", id, TaskOutcome::Completed(vec![])).await.unwrap());
         }
@@ -336,10 +388,16 @@ mod tests {
         let (table, _) = store(100, HOUR);
         let clock = Clock::new();
         let first = clock.new_task_id();
-        table.insert(Task::pending(first, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
+        table
+            .insert(Task::pending(first, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+            .await
+            .unwrap();
         tokio::time::advance(HOUR / 2).await;
         let second = clock.new_task_id();
-        table.insert(Task::pending(second, "default".into(), "skills".into(), clock.now(), HOUR)).await.unwrap();
+        table
+            .insert(Task::pending(second, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+            .await
+            .unwrap();
 
         tokio::time::advance(HOUR / 2 + Duration::from_secs(1)).await;
         tokio::task::yield_now().await;
@@ -349,6 +407,25 @@ mod tests {
         tokio::time::advance(HOUR / 2).await;
         tokio::task::yield_now().await;
         assert_eq!(table.count().await.unwrap(), 0);
+    }
+
+    /// The table's own bound, whatever the tenants' caps.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_refuses_and_loses_nothing() {
+        let (table, _) = store(3, HOUR);
+        let clock = Clock::new();
+        let pending = || Task::pending(clock.new_task_id(), "default".into(), "skills".into(), clock.now(), HOUR);
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            let task = pending();
+            kept.push(task.task_id);
+            table.insert(task, TenantCaps::NONE).await.unwrap();
+        }
+        assert_eq!(table.refusal("default", TenantCaps::NONE), Some(StoreError::Full { capacity: 3 }));
+        assert_eq!(table.insert(pending(), TenantCaps::NONE).await, Err(StoreError::Full { capacity: 3 }));
+        for id in kept {
+            assert!(table.get("default", id).await.unwrap().is_some(), "a full table loses nothing it accepted");
+        }
     }
 
     #[tokio::test(start_paused = true)]

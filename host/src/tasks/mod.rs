@@ -114,6 +114,14 @@ impl TaskCounts {
     }
 }
 
+impl std::ops::AddAssign for TaskCounts {
+    fn add_assign(&mut self, other: TaskCounts) {
+        for status in TaskStatus::ALL {
+            *self.slot(status) += other.get(status);
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     pub rankings: Vec<Ranking>,
@@ -199,11 +207,33 @@ impl Task {
     }
 }
 
+/// What one tenant may hold in the table; the store enforces both
+/// atomically with each insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantCaps {
+    /// Tasks held, finished ones included, until they expire.
+    pub tasks: usize,
+    /// Tasks pending or running.
+    pub pending: usize,
+}
+
+impl TenantCaps {
+    /// No cap but the table's own.
+    pub const NONE: TenantCaps = TenantCaps { tasks: usize::MAX, pending: usize::MAX };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The table holds as many tasks as it may; retry once some expire.
     #[error("the task table is full ({capacity} tasks)")]
     Full { capacity: usize },
+    /// The tenant holds as many tasks as its quota allows, finished ones
+    /// included; retry once some expire or are deleted.
+    #[error("tenant '{tenant}' holds {cap} tasks, its quota (finished tasks count until they expire or are deleted)")]
+    TenantFull { tenant: String, cap: usize },
+    /// The tenant has as many tasks pending or running as its quota allows.
+    #[error("tenant '{tenant}' has {limit} jobs pending, its quota; retry once some have ended")]
+    OverQuota { tenant: String, limit: usize },
     #[error("task {0} already exists")]
     Duplicate(TaskId),
     /// The backend cannot be reached or answered with an error.
@@ -219,10 +249,20 @@ pub enum StoreError {
 /// Transitions are atomic and happen once: `start` moves a pending task to
 /// running, `finish` moves a pending or running task to a terminal status; a
 /// second or late call is refused (`Ok(false)`), never applied twice.
+///
+/// Each tenant's tasks are counted by the store, so its caps hold however
+/// many hosts insert for it.
 #[async_trait]
 pub trait TaskStore: Send + Sync + 'static {
     /// Adds a pending task; it expires `ttl()` after `task.created_at`.
-    async fn insert(&self, task: Task) -> Result<(), StoreError>;
+    /// Refused if the table is full or the task's tenant is at one of
+    /// `caps`; nothing is changed then.
+    async fn insert(&self, task: Task, caps: TenantCaps) -> Result<(), StoreError>;
+
+    /// Why an insert for `tenant` would be refused now, if the store can
+    /// tell without a round trip: a hint for refusing a request before its
+    /// body is read. `insert` decides for real.
+    fn refusal(&self, tenant: &str, caps: TenantCaps) -> Option<StoreError>;
 
     async fn get(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, StoreError>;
 
@@ -262,7 +302,4 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// How long a task lives, counted from its creation.
     fn ttl(&self) -> Duration;
-
-    /// The most tasks the store holds at once.
-    fn capacity(&self) -> usize;
 }

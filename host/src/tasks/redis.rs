@@ -3,54 +3,74 @@
 //!
 //! # Layout
 //!
+//! Every key of one tenant carries the hash tag `{<prefix>:<tenant>}`, so
+//! that the keys one script touches share a hash slot (the condition for
+//! Redis Cluster) and tenants spread over the shards:
+//!
 //! ```text
-//! <prefix>:<tenant>:task:<id>   hash, with the task's native TTL (PEXPIRE at insert):
-//!                                 j  the task as created (JSON)
-//!                                 s  its status
-//!                                 u  when it last changed (RFC 3339), once it has
-//!                                 o  its result or error (JSON), once it has ended
-//! <prefix>:tasks:<status>        sorted set of "<tenant>/<id>" by expiry (ms since the
-//!                                epoch): what `counts` reads, without a scan
+//! {<prefix>:<tenant>}:task:<id>    hash, with the task's native TTL (PEXPIRE at insert):
+//!                                    j  the task as created (JSON)
+//!                                    s  its status
+//!                                    u  when it last changed (RFC 3339), once it has
+//!                                    o  its result or error (JSON), once it has ended
+//! {<prefix>:<tenant>}:s:<status>   sorted set of the tenant's task ids in that status,
+//!                                  scored by expiry (ms, Redis's clock)
 //! ```
 //!
 //! A hash rather than one JSON string, so that a transition is a field
 //! write inside a Lua script that never parses JSON: the script checks the
 //! status field, writes the new one, and moves the task between the status
 //! sets, atomically. Changing fields keeps the key's TTL, so an update
-//! never extends a task's life. Expired keys vanish by Redis's own expiry;
-//! their members in the status sets are dropped by score (their expiry) the
-//! next time the sets are read.
+//! never extends a task's life.
 //!
-//! Keys are prefixed per deployment (`--redis-prefix`) and per tenant, so
-//! two deployments can share a Redis and a task is only found under its
-//! own tenant. The keys of one operation span hash slots: this store needs a
-//! single Redis (or a primary with replicas), not Redis Cluster.
+//! # Counts that cannot drift
+//!
+//! Every score is stamped by Redis's own `TIME` inside the script that
+//! writes it, from the same clock that runs the key's TTL, so a task counts
+//! exactly while its key lives: a count is `ZCOUNT (now +inf` of the sets,
+//! read with that clock too, and no pruning is needed to be right. Members
+//! of expired tasks are removed for memory's sake by the transition that
+//! next adds to their set. A transition that finds no score (a member lost
+//! some other way) puts one back from the key's remaining TTL.
+//!
+//! The tenant's caps (tasks held, tasks pending or running) are counted and
+//! checked in the insert script itself, so they hold across every host of a
+//! deployment, however many accept for the tenant at once.
 //!
 //! The connection is a [`ConnectionManager`]: it reconnects by itself. While
 //! Redis cannot be reached every call fails fast with
 //! [`StoreError::Unavailable`], which the API answers with 503 and
 //! `/readyz` reports; nothing is cached or queued on the side.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use time::OffsetDateTime;
 
-use super::{StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskResult, TaskStatus, TaskStore};
+use super::{StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskResult, TaskStatus, TaskStore, TenantCaps};
 use crate::runtime::JobFailure;
 
 /// How long one Redis call may take before the store reports itself
 /// unavailable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a refusal for a tenant's caps is remembered, to refuse the
+/// tenant's next requests before their bodies are read.
+const REFUSAL_MEMORY: Duration = Duration::from_millis(500);
+
 pub struct RedisStore {
     redis: ConnectionManager,
     prefix: String,
+    /// The tenants whose tasks `counts` adds up.
+    tenants: Vec<String>,
     ttl: Duration,
-    capacity: usize,
     scripts: Scripts,
+    /// The last refusal of each tenant's insert, and when.
+    refusals: Mutex<HashMap<String, (Instant, StoreError)>>,
 }
 
 struct Scripts {
@@ -62,77 +82,91 @@ struct Scripts {
     counts: Script,
 }
 
-/// Drops expired members from every status set, then refuses if the table
-/// is full, then adds the task unless it exists.
-/// KEYS: task, pending, running, completed, failed, cancelled.
-/// ARGV: task JSON, now ms, expiry ms, capacity, member, ttl ms.
-const INSERT: &str = r"
-local total = 0
-for i = 2, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[2])
-  total = total + redis.call('ZCARD', KEYS[i])
+/// The time on Redis's clock, in ms, as every script reads it.
+const NOW: &str = r"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-if total >= tonumber(ARGV[4]) then return -1 end
+";
+
+/// Counts the tenant's live tasks, refuses at either cap, else adds the
+/// task unless it exists.
+/// KEYS: task, then the tenant's five status sets in `TaskStatus::ALL` order.
+/// ARGV: task JSON, ttl ms, tasks cap, pending cap, id.
+const INSERT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local t = now()
+local live = '(' .. t
+local open = redis.call('ZCOUNT', KEYS[2], live, '+inf') + redis.call('ZCOUNT', KEYS[3], live, '+inf')
+local held = open
+for i = 4, 6 do held = held + redis.call('ZCOUNT', KEYS[i], live, '+inf') end
+if held >= tonumber(ARGV[3]) then return -1 end
+if open >= tonumber(ARGV[4]) then return -2 end
 redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending')
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t)
+redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[5])
 return 1
 ";
 
+/// Moves member `id` from set `from` to set `to`, keeping its expiry (or
+/// taking it from the key's TTL if the member was lost), and drops expired
+/// members of `to`.
+const MOVE: &str = r"
+local function move(key, from, to, id)
+  local t = now()
+  local score = redis.call('ZSCORE', from, id)
+  redis.call('ZREM', from, id)
+  if not score then score = t + math.max(redis.call('PTTL', key), 0) end
+  redis.call('ZREMRANGEBYSCORE', to, '-inf', t)
+  redis.call('ZADD', to, score, id)
+end
+";
+
 /// Pending to running, once. KEYS: task, pending, running.
-/// ARGV: updated at, member.
+/// ARGV: updated at, id.
 const START: &str = r"
 if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
-local score = redis.call('ZSCORE', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
-if score then redis.call('ZADD', KEYS[3], score, ARGV[2]) end
+move(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
 return 1
 ";
 
 /// Pending or running to running (a host taking over another's job).
-/// KEYS: task, pending, running. ARGV: updated at, member.
+/// KEYS: task, pending, running. ARGV: updated at, id.
 const TAKE_OVER: &str = r"
 local s = redis.call('HGET', KEYS[1], 's')
 if s ~= 'pending' and s ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
-if s == 'pending' then
-  local score = redis.call('ZSCORE', KEYS[2], ARGV[2])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  if score then redis.call('ZADD', KEYS[3], score, ARGV[2]) end
-end
+if s == 'pending' then move(KEYS[1], KEYS[2], KEYS[3], ARGV[2]) end
 return 1
 ";
 
 /// Pending or running to an end, once. KEYS: task, pending, running, target.
-/// ARGV: status, updated at, outcome JSON, member.
+/// ARGV: status, updated at, outcome JSON, id.
 const FINISH: &str = r"
 local s = redis.call('HGET', KEYS[1], 's')
 if s ~= 'pending' and s ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[1], 'u', ARGV[2], 'o', ARGV[3])
 local from = KEYS[3]
 if s == 'pending' then from = KEYS[2] end
-local score = redis.call('ZSCORE', from, ARGV[4])
-redis.call('ZREM', from, ARGV[4])
-if score then redis.call('ZADD', KEYS[4], score, ARGV[4]) end
+move(KEYS[1], from, KEYS[4], ARGV[4])
 return 1
 ";
 
-/// KEYS: task, then the five status sets. ARGV: member.
+/// KEYS: task, then the five status sets. ARGV: id.
 const REMOVE: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 ";
 
-/// KEYS: the five status sets. ARGV: now ms.
+/// KEYS: one tenant's five status sets.
 const COUNTS: &str = r"
+local live = '(' .. now()
 local out = {}
-for i = 1, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
-  out[i] = redis.call('ZCARD', KEYS[i])
-end
+for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], live, '+inf') end
 return out
 ";
 
@@ -144,19 +178,19 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("Redis holds a task this host cannot read: {what}"))
 }
 
-fn millis(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).expect("a timestamp formats")
 }
 
+fn script(body: &str, helpers: &[&str]) -> Script {
+    Script::new(&format!("{}{body}", helpers.concat()))
+}
+
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://host:port/db`), under
-    /// `prefix`. Does not wait for Redis: a host can start while Redis is
-    /// down, and is ready once it answers.
-    pub fn open(url: &str, prefix: &str, capacity: usize, ttl: Duration) -> Result<Self, StoreError> {
+    /// `prefix`, for `tenants`. Does not wait for Redis: a host can start
+    /// while Redis is down, and is ready once it answers.
+    pub fn open(url: &str, prefix: &str, tenants: Vec<String>, ttl: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -167,43 +201,45 @@ impl RedisStore {
         Ok(RedisStore {
             redis,
             prefix: prefix.to_string(),
+            tenants,
             ttl,
-            capacity,
             scripts: Scripts {
-                insert: Script::new(INSERT),
-                start: Script::new(START),
-                take_over: Script::new(TAKE_OVER),
-                finish: Script::new(FINISH),
+                insert: script(INSERT, &[NOW]),
+                start: script(START, &[NOW, MOVE]),
+                take_over: script(TAKE_OVER, &[NOW, MOVE]),
+                finish: script(FINISH, &[NOW, MOVE]),
                 remove: Script::new(REMOVE),
-                counts: Script::new(COUNTS),
+                counts: script(COUNTS, &[NOW]),
             },
+            refusals: Mutex::default(),
         })
     }
 
+    /// The hash tag of `tenant`'s keys.
+    fn tag(&self, tenant: &str) -> String {
+        format!("{{{}:{tenant}}}", self.prefix)
+    }
+
     fn key(&self, tenant: &str, id: TaskId) -> String {
-        format!("{}:{tenant}:task:{id}", self.prefix)
+        format!("{}:task:{id}", self.tag(tenant))
     }
 
-    fn set(&self, status: TaskStatus) -> String {
-        format!("{}:tasks:{}", self.prefix, status.as_str())
+    fn set(&self, tenant: &str, status: TaskStatus) -> String {
+        format!("{}:s:{}", self.tag(tenant), status.as_str())
     }
 
-    fn sets(&self) -> Vec<String> {
-        TaskStatus::ALL.iter().map(|s| self.set(*s)).collect()
-    }
-
-    fn member(tenant: &str, id: TaskId) -> String {
-        format!("{tenant}/{id}")
+    fn sets(&self, tenant: &str) -> Vec<String> {
+        TaskStatus::ALL.iter().map(|s| self.set(tenant, *s)).collect()
     }
 
     /// Runs `script` (START or TAKE_OVER), which moves a task to running.
     async fn to_running(&self, script: &Script, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
         let moved: i64 = script
             .key(self.key(tenant, id))
-            .key(self.set(TaskStatus::Pending))
-            .key(self.set(TaskStatus::Running))
+            .key(self.set(tenant, TaskStatus::Pending))
+            .key(self.set(tenant, TaskStatus::Running))
             .arg(rfc3339(OffsetDateTime::now_utc()))
-            .arg(Self::member(tenant, id))
+            .arg(id.to_string())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
@@ -211,7 +247,7 @@ impl RedisStore {
     }
 
     /// Rebuilds a task from its hash.
-    fn decode(fields: std::collections::HashMap<String, String>) -> Result<Option<Task>, StoreError> {
+    fn decode(fields: HashMap<String, String>) -> Result<Option<Task>, StoreError> {
         let Some(created) = fields.get("j") else { return Ok(None) };
         let mut task: Task = serde_json::from_str(created).map_err(corrupt)?;
         task.status = serde_json::from_value(serde_json::Value::String(fields.get("s").cloned().unwrap_or_default()))
@@ -232,38 +268,68 @@ impl RedisStore {
         }
         Ok(Some(task))
     }
+
+    /// One tenant's counts, on its shard's clock.
+    async fn tenant_counts(&self, tenant: &str) -> Result<TaskCounts, StoreError> {
+        let mut invocation = self.scripts.counts.prepare_invoke();
+        for set in self.sets(tenant) {
+            invocation.key(set);
+        }
+        let n: Vec<u64> = invocation.invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        let [pending, running, completed, failed, cancelled] = n[..] else {
+            return Err(corrupt("the counts script answered with the wrong shape"));
+        };
+        Ok(TaskCounts { pending, running, completed, failed, cancelled })
+    }
+
+    fn remember_refusal(&self, tenant: &str, refused: &StoreError) {
+        let mut refusals = self.refusals.lock().unwrap();
+        refusals.retain(|_, (at, _)| at.elapsed() < REFUSAL_MEMORY);
+        refusals.insert(tenant.to_string(), (Instant::now(), refused.clone()));
+    }
 }
 
 #[async_trait]
 impl TaskStore for RedisStore {
-    async fn insert(&self, task: Task) -> Result<(), StoreError> {
+    async fn insert(&self, task: Task, caps: TenantCaps) -> Result<(), StoreError> {
         let id = task.task_id;
-        let expires = millis(task.created_at) + self.ttl.as_millis() as i64;
-        let now = millis(OffsetDateTime::now_utc());
         let json = serde_json::to_string(&task).expect("a task serialises");
         let mut invocation = self.scripts.insert.key(self.key(&task.tenant, id));
-        for set in self.sets() {
+        for set in self.sets(&task.tenant) {
             invocation.key(set);
         }
         let inserted: i64 = invocation
             .arg(json)
-            .arg(now)
-            .arg(expires)
-            .arg(self.capacity)
-            .arg(Self::member(&task.tenant, id))
-            .arg((expires - now).max(1))
+            .arg(self.ttl.as_millis().max(1) as u64)
+            .arg(caps.tasks.min(i64::MAX as usize))
+            .arg(caps.pending.min(i64::MAX as usize))
+            .arg(id.to_string())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        match inserted {
-            1 => Ok(()),
-            0 => Err(StoreError::Duplicate(id)),
-            _ => Err(StoreError::Full { capacity: self.capacity }),
-        }
+        let refused = match inserted {
+            1 => {
+                self.refusals.lock().unwrap().remove(&task.tenant);
+                return Ok(());
+            }
+            0 => return Err(StoreError::Duplicate(id)),
+            -1 => StoreError::TenantFull { tenant: task.tenant.clone(), cap: caps.tasks },
+            _ => StoreError::OverQuota { tenant: task.tenant.clone(), limit: caps.pending },
+        };
+        self.remember_refusal(&task.tenant, &refused);
+        Err(refused)
+    }
+
+    /// A refusal of the last half second: enough to refuse a tenant that
+    /// keeps sending at its cap before reading what it sends, without a
+    /// round trip per request.
+    fn refusal(&self, tenant: &str, _caps: TenantCaps) -> Option<StoreError> {
+        let refusals = self.refusals.lock().unwrap();
+        refusals.get(tenant).filter(|(at, _)| at.elapsed() < REFUSAL_MEMORY).map(|(_, refused)| refused.clone())
     }
 
     async fn get(&self, tenant: &str, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let fields: std::collections::HashMap<String, String> =
+        let fields: HashMap<String, String> =
             self.redis.clone().hgetall(self.key(tenant, id)).await.map_err(unavailable)?;
         Self::decode(fields)
     }
@@ -304,13 +370,13 @@ impl TaskStore for RedisStore {
             .scripts
             .finish
             .key(self.key(tenant, id))
-            .key(self.set(TaskStatus::Pending))
-            .key(self.set(TaskStatus::Running))
-            .key(self.set(status))
+            .key(self.set(tenant, TaskStatus::Pending))
+            .key(self.set(tenant, TaskStatus::Running))
+            .key(self.set(tenant, status))
             .arg(status.as_str())
             .arg(rfc3339(OffsetDateTime::now_utc()))
             .arg(stored)
-            .arg(Self::member(tenant, id))
+            .arg(id.to_string())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
@@ -319,14 +385,11 @@ impl TaskStore for RedisStore {
 
     async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
         let mut invocation = self.scripts.remove.key(self.key(tenant, id));
-        for set in self.sets() {
+        for set in self.sets(tenant) {
             invocation.key(set);
         }
-        let removed: i64 = invocation
-            .arg(Self::member(tenant, id))
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
+        let removed: i64 =
+            invocation.arg(id.to_string()).invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
         Ok(removed == 1)
     }
 
@@ -335,19 +398,11 @@ impl TaskStore for RedisStore {
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
-        let mut invocation = self.scripts.counts.prepare_invoke();
-        for set in self.sets() {
-            invocation.key(set);
+        let mut all = TaskCounts::default();
+        for tenant in &self.tenants {
+            all += self.tenant_counts(tenant).await?;
         }
-        let n: Vec<u64> = invocation
-            .arg(millis(OffsetDateTime::now_utc()))
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
-        let [pending, running, completed, failed, cancelled] = n[..] else {
-            return Err(corrupt("the counts script answered with the wrong shape"));
-        };
-        Ok(TaskCounts { pending, running, completed, failed, cancelled })
+        Ok(all)
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -357,10 +412,6 @@ impl TaskStore for RedisStore {
 
     fn ttl(&self) -> Duration {
         self.ttl
-    }
-
-    fn capacity(&self) -> usize {
-        self.capacity
     }
 }
 
@@ -381,10 +432,14 @@ mod tests {
         format!("matchbox-test-{}", uuid::Uuid::now_v7().simple())
     }
 
+    fn tenants() -> Vec<String> {
+        conformance::TENANTS.iter().map(|t| t.to_string()).collect()
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn passes_the_conformance_suite_against_a_real_redis() {
-        conformance::run(|capacity, ttl| async move {
-            let store = RedisStore::open(&test_redis(), &fresh_prefix(), capacity, ttl).unwrap();
+        conformance::run(|_capacity, ttl| async move {
+            let store = RedisStore::open(&test_redis(), &fresh_prefix(), tenants(), ttl).unwrap();
             store.check().await.expect("a Redis server for the tests (see .ci/run)");
             let store: Arc<dyn TaskStore> = Arc::new(store);
             store
@@ -396,11 +451,11 @@ mod tests {
     async fn keys_carry_native_ttls_that_updates_keep() {
         let prefix = fresh_prefix();
         let ttl = Duration::from_secs(60);
-        let store = RedisStore::open(&test_redis(), &prefix, 16, ttl).unwrap();
+        let store = RedisStore::open(&test_redis(), &prefix, vec!["acme".into()], ttl).unwrap();
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
-        store.insert(task.clone()).await.unwrap();
-        let key = format!("{prefix}:acme:task:{}", task.task_id);
+        store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+        let key = format!("{{{prefix}:acme}}:task:{}", task.task_id);
         let mut redis = store.redis.clone();
         let before: i64 = redis.pttl(&key).await.unwrap();
         assert!(before > 55_000 && before <= 60_000, "{before} ms");
@@ -413,14 +468,31 @@ mod tests {
         store.remove("acme", task.task_id).await.unwrap();
     }
 
+    /// A member lost from its status set (by hand here) is put back by the
+    /// next transition, so the counts stay true.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lost_member_is_put_back_by_the_next_transition() {
+        let prefix = fresh_prefix();
+        let ttl = Duration::from_secs(60);
+        let store = RedisStore::open(&test_redis(), &prefix, vec!["acme".into()], ttl).unwrap();
+        let clock = Clock::new();
+        let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
+        store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+        let _: i64 =
+            store.redis.clone().zrem(store.set("acme", TaskStatus::Pending), task.task_id.to_string()).await.unwrap();
+        assert_eq!(store.counts().await.unwrap().total(), 0);
+        assert!(store.start("acme", task.task_id).await.unwrap());
+        assert_eq!(store.counts().await.unwrap().running, 1, "the member is back, in its new set");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn an_unreachable_redis_is_unavailable_not_a_panic() {
         // Nothing listens on port 1.
-        let store = RedisStore::open("redis://127.0.0.1:1", "matchbox", 16, Duration::from_secs(60)).unwrap();
+        let store = RedisStore::open("redis://127.0.0.1:1", "matchbox", tenants(), Duration::from_secs(60)).unwrap();
         assert!(matches!(store.check().await, Err(StoreError::Unavailable(_))));
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), store.ttl());
-        assert!(matches!(store.insert(task).await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(store.insert(task, TenantCaps::NONE).await, Err(StoreError::Unavailable(_))));
         assert!(matches!(store.counts().await, Err(StoreError::Unavailable(_))));
     }
 }

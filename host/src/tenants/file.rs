@@ -40,12 +40,17 @@ pub struct TenantEntry {
     pub concurrent_jobs: Option<usize>,
     /// Jobs of this tenant accepted and not yet ended.
     pub pending_tasks: Option<usize>,
-    /// Linear memory of one of its instances, e.g. "64MiB".
+    /// Tasks of this tenant held, finished ones included, until they expire.
+    pub tasks: Option<usize>,
+    /// Memory of one of its jobs (all its linear memories and tables), e.g.
+    /// "64MiB".
     pub memory: Option<String>,
     /// Deadline of one of its jobs, e.g. "5s".
     pub deadline: Option<String>,
     /// Postings in one of its jobs.
     pub postings: Option<usize>,
+    /// Matchers it may have uploaded at once.
+    pub uploads: Option<usize>,
 }
 
 impl TenantsFile {
@@ -72,7 +77,11 @@ pub struct NewTenant {
     /// Jobs of this tenant accepted and not yet ended.
     #[arg(long)]
     pub pending_tasks: Option<usize>,
-    /// Linear memory of one of its instances, e.g. 64MiB.
+    /// Tasks of this tenant held, finished ones included, until they expire
+    /// (default: a share of --max-tasks).
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Memory of one of its jobs, e.g. 64MiB.
     #[arg(long, value_parser = crate::support::units::parse_size)]
     pub memory: Option<usize>,
     /// Deadline of one of its jobs, e.g. 5s.
@@ -81,6 +90,9 @@ pub struct NewTenant {
     /// Postings in one of its jobs.
     #[arg(long)]
     pub postings: Option<usize>,
+    /// Matchers it may have uploaded at once.
+    #[arg(long)]
+    pub uploads: Option<usize>,
 }
 
 /// Adds a tenant to the file at `path` (created if missing) with a fresh
@@ -117,8 +129,13 @@ pub fn add(path: &Path, name: &str, new: &NewTenant) -> anyhow::Result<String> {
         let list: Vec<String> = matchers.iter().map(|m| format!("\"{m}\"")).collect();
         text.push_str(&format!("matchers = [{}]\n", list.join(", ")));
     }
-    let numbers =
-        [("concurrent_jobs", new.concurrent_jobs), ("pending_tasks", new.pending_tasks), ("postings", new.postings)];
+    let numbers = [
+        ("concurrent_jobs", new.concurrent_jobs),
+        ("pending_tasks", new.pending_tasks),
+        ("tasks", new.tasks),
+        ("postings", new.postings),
+        ("uploads", new.uploads),
+    ];
     for (field, value) in numbers {
         if let Some(value) = value {
             text.push_str(&format!("{field} = {value}\n"));

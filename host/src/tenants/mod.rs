@@ -3,8 +3,15 @@
 //! - [`keys`]: API keys, kept as SHA-256 hashes, compared in constant time;
 //! - [`file`]: the tenants file (`--config`), and `matchbox tenant add`;
 //! - [`Tenants`]: authentication (`Authorization: Bearer <key>`) and the
-//!   per-tenant quotas: jobs running at once, jobs pending, memory per
-//!   instance, job deadline, postings per job.
+//!   per-tenant quotas: jobs running at once, jobs pending, tasks held,
+//!   memory per job, job deadline, postings per job, uploaded matchers.
+//!
+//! The task table's room is divided among the tenants: a tenant's `tasks`
+//! quota (finished tasks included, until they expire) defaults to an equal
+//! share of `--max-tasks` between the tenants that set none, and the quotas
+//! together may not exceed it, so no tenant can fill the table for the
+//! others. The task store enforces `tasks` and `pending_tasks` atomically
+//! with each insert (across every host of a deployment, with Redis).
 //!
 //! Tenants are built from the tenants file and the host's own limits
 //! ([`HostLimits`]), nothing else. Isolation is enforced where the data
@@ -23,7 +30,6 @@ pub mod keys;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
@@ -31,6 +37,7 @@ use axum::http::HeaderValue;
 use crate::registry::Access;
 use crate::runtime::JobLimits;
 use crate::support::units::{parse_duration, parse_size};
+use crate::tasks::TenantCaps;
 use file::{TenantEntry, TenantsFile};
 use keys::KeyHash;
 
@@ -49,6 +56,10 @@ pub struct HostLimits {
     pub max_memory: usize,
     pub job_timeout: Duration,
     pub max_postings: usize,
+    /// Tasks the table holds at once, shared out among the tenants.
+    pub max_tasks: usize,
+    /// Matchers one tenant may have uploaded at once.
+    pub max_uploads: usize,
 }
 
 impl Default for HostLimits {
@@ -59,6 +70,8 @@ impl Default for HostLimits {
             max_memory: 256 << 20,
             job_timeout: Duration::from_secs(10),
             max_postings: 10_000,
+            max_tasks: 100_000,
+            max_uploads: 32,
         }
     }
 }
@@ -68,20 +81,26 @@ impl Default for HostLimits {
 pub struct Quotas {
     pub concurrent_jobs: usize,
     pub pending_tasks: usize,
+    /// Tasks held, finished ones included, until they expire.
+    pub tasks: usize,
     pub memory: usize,
     pub deadline: Duration,
     pub postings: usize,
+    pub uploads: usize,
 }
 
 impl Quotas {
-    /// What a tenant gets for each quota it leaves out.
+    /// What a tenant gets for each quota it leaves out, `tasks` aside: that
+    /// one is its share of the table (see [`Tenants::load`]).
     pub fn of_host(host: &HostLimits) -> Self {
         Quotas {
             concurrent_jobs: host.workers,
             pending_tasks: host.queue + host.workers,
+            tasks: host.max_tasks,
             memory: host.max_memory,
             deadline: host.job_timeout,
             postings: host.max_postings,
+            uploads: host.max_uploads,
         }
     }
 }
@@ -96,20 +115,11 @@ pub struct Tenant {
     /// Whether its uploads are its own (every tenant from a tenants file) or
     /// shared (the implicit tenant).
     private: bool,
-    /// Jobs accepted and not yet ended.
-    pending: AtomicUsize,
 }
 
 impl Tenant {
     fn implicit(host: &HostLimits) -> Self {
-        Tenant {
-            name: DEFAULT_TENANT.into(),
-            key: None,
-            quotas: Quotas::of_host(host),
-            shared: None,
-            private: false,
-            pending: AtomicUsize::new(0),
-        }
+        Tenant { name: DEFAULT_TENANT.into(), key: None, quotas: Quotas::of_host(host), shared: None, private: false }
     }
 
     /// The namespace its uploads live in: its name, or `None` for shared.
@@ -119,35 +129,22 @@ impl Tenant {
 
     /// How the matcher registry sees it.
     pub fn access(&self) -> Access<'_> {
-        Access { caller: &self.name, owner: self.namespace(), shared: self.shared.as_ref() }
+        Access {
+            caller: &self.name,
+            owner: self.namespace(),
+            shared: self.shared.as_ref(),
+            uploads: self.quotas.uploads,
+        }
     }
 
-    /// Takes one of its pending-task places, or `None` at its quota.
-    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
-        let limit = self.quotas.pending_tasks;
-        self.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
-        Some(Admission(self.clone()))
+    /// What the task store lets it hold.
+    pub fn caps(&self) -> TenantCaps {
+        TenantCaps { tasks: self.quotas.tasks, pending: self.quotas.pending_tasks }
     }
 
     /// The sandbox limits of its jobs.
     pub fn job_limits(&self) -> JobLimits {
         JobLimits { memory: self.quotas.memory, deadline: self.quotas.deadline, ..JobLimits::default() }
-    }
-
-    /// Jobs accepted and not yet ended.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
-    }
-}
-
-/// One accepted job's place in its tenant's pending quota, given back when
-/// the job ends (or is dropped unrun).
-#[derive(Debug)]
-pub struct Admission(Arc<Tenant>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -187,11 +184,12 @@ impl Tenants {
         if file.tenants.is_empty() {
             anyhow::bail!("no [[tenant]] in the file; add one with `matchbox tenant add NAME --config FILE`");
         }
+        let share = table_share(&file.tenants, host.max_tasks)?;
         let mut names = HashSet::new();
         let mut all: Vec<Arc<Tenant>> = Vec::new();
         for entry in file.tenants {
             let name = entry.name.clone();
-            let tenant = resolve(entry, host).map_err(|e| anyhow::anyhow!("tenant '{name}': {e}"))?;
+            let tenant = resolve(entry, host, share).map_err(|e| anyhow::anyhow!("tenant '{name}': {e}"))?;
             if !names.insert(name.clone()) {
                 anyhow::bail!("tenant '{name}' appears twice");
             }
@@ -253,7 +251,36 @@ impl Tenants {
     }
 }
 
-fn resolve(entry: TenantEntry, limits: &HostLimits) -> anyhow::Result<Tenant> {
+/// The `tasks` quota of a tenant that sets none: an equal share of what the
+/// tenants that set one leave of `max_tasks`. Quotas that add up to more
+/// than the table holds are refused: the table could then fill up while a
+/// tenant is still under its quota.
+fn table_share(entries: &[TenantEntry], max_tasks: usize) -> anyhow::Result<usize> {
+    if let Some(zero) = entries.iter().find(|e| e.tasks == Some(0)) {
+        anyhow::bail!("tenant '{}': tasks must be at least 1", zero.name);
+    }
+    let set: usize = entries.iter().filter_map(|e| e.tasks).sum();
+    let unset = entries.iter().filter(|e| e.tasks.is_none()).count();
+    if set > max_tasks {
+        anyhow::bail!(
+            "the tenants' tasks quotas add up to {set}, more than the table holds (--max-tasks {max_tasks}); \
+             lower them or raise --max-tasks"
+        );
+    }
+    if unset == 0 {
+        return Ok(0);
+    }
+    let share = (max_tasks - set) / unset;
+    if share == 0 {
+        anyhow::bail!(
+            "the tenants' tasks quotas add up to {set} of --max-tasks {max_tasks}, which leaves no room for the \
+             {unset} tenants without one; give them a tasks quota or raise --max-tasks"
+        );
+    }
+    Ok(share)
+}
+
+fn resolve(entry: TenantEntry, limits: &HostLimits, table_share: usize) -> anyhow::Result<Tenant> {
     check_name(&entry.name)?;
     let host = Quotas::of_host(limits);
     let memory = match &entry.memory {
@@ -270,6 +297,13 @@ fn resolve(entry: TenantEntry, limits: &HostLimits) -> anyhow::Result<Tenant> {
         Some(d) => parse_duration(d).map_err(anyhow::Error::msg)?,
         None => host.deadline,
     };
+    if deadline > limits.job_timeout {
+        anyhow::bail!(
+            "deadline = {} is more than the host's --job-timeout ({}), which bounds every job",
+            humantime::format_duration(deadline),
+            humantime::format_duration(limits.job_timeout)
+        );
+    }
     let positive = |field: &str, value: Option<usize>, default: usize| match value {
         Some(0) => Err(anyhow::anyhow!("{field} must be at least 1")),
         Some(n) => Ok(n),
@@ -278,9 +312,11 @@ fn resolve(entry: TenantEntry, limits: &HostLimits) -> anyhow::Result<Tenant> {
     let quotas = Quotas {
         concurrent_jobs: positive("concurrent_jobs", entry.concurrent_jobs, host.concurrent_jobs)?,
         pending_tasks: positive("pending_tasks", entry.pending_tasks, host.pending_tasks)?,
+        tasks: entry.tasks.unwrap_or(table_share),
         memory,
         deadline,
         postings: positive("postings", entry.postings, host.postings)?,
+        uploads: positive("uploads", entry.uploads, host.uploads)?,
     };
     Ok(Tenant {
         name: entry.name.as_str().into(),
@@ -288,7 +324,6 @@ fn resolve(entry: TenantEntry, limits: &HostLimits) -> anyhow::Result<Tenant> {
         quotas,
         shared: entry.matchers.map(|m| m.into_iter().collect()),
         private: true,
-        pending: AtomicUsize::new(0),
     })
 }
 
@@ -349,14 +384,23 @@ mod tests {
     }
 
     #[test]
-    fn pending_quota_is_given_back_on_drop() {
-        let tenants = config_with(&entry("a", "k", "pending_tasks = 2")).unwrap();
-        let a = &tenants.all()[0];
-        let first = a.admit().unwrap();
-        let _second = a.admit().unwrap();
-        assert!(a.admit().is_none());
-        drop(first);
-        assert!(a.admit().is_some());
+    fn the_table_is_shared_out_and_never_overcommitted() {
+        let host = HostLimits { max_tasks: 1000, ..HostLimits::default() };
+        let load = |text: &str| Tenants::from_file(TenantsFile::parse(text).unwrap(), &host);
+        let three = load(&(entry("a", "1", "") + &entry("b", "2", "tasks = 400") + &entry("c", "3", ""))).unwrap();
+        let tasks: Vec<usize> = three.all().iter().map(|t| t.quotas.tasks).collect();
+        assert_eq!(tasks, [300, 400, 300], "the tenants without a quota share what is left");
+        let err =
+            format!("{:#}", load(&(entry("a", "1", "tasks = 800") + &entry("b", "2", "tasks = 300"))).unwrap_err());
+        assert!(err.contains("add up to 1100, more than the table holds (--max-tasks 1000)"), "{err}");
+        let err = format!("{:#}", load(&(entry("a", "1", "tasks = 1000") + &entry("b", "2", ""))).unwrap_err());
+        assert!(err.contains("leaves no room for the 1 tenants without one"), "{err}");
+    }
+
+    #[test]
+    fn a_deadline_over_the_hosts_is_refused() {
+        let err = format!("{:#}", config_with(&entry("a", "k", "deadline = \"30s\"")).unwrap_err());
+        assert!(err.contains("deadline = 30s is more than the host's --job-timeout (10s)"), "{err}");
     }
 
     #[test]
