@@ -423,9 +423,7 @@ fn classify(err: &wasmtime::Error, state: &JobState, limits: &JobLimits, instant
     }
     let stderr = stderr_tail(state);
     match err.downcast_ref::<Trap>() {
-        Some(Trap::StackOverflow) => {
-            JobFailure::new(FailureKind::StackOverflow, "the guest overflowed its wasm stack".to_string())
-        }
+        Some(Trap::StackOverflow) => JobFailure::new(FailureKind::StackOverflow, "the guest overflowed its wasm stack"),
         Some(Trap::Interrupt) => JobFailure::new(FailureKind::Timeout, "the job was interrupted at its deadline"),
         Some(trap) => JobFailure::new(FailureKind::Trap, format!("the guest trapped: {trap}{stderr}")),
         None if !instantiated => {
