@@ -119,6 +119,45 @@ pub mod testing {
         JobInput { candidate, postings, options: Options { top_k: 10, min_score: 0.0 } }
     }
 
+    /// The largest job the API accepts under `max_body` and `max_postings`:
+    /// `max_postings` postings whose descriptions and skills fill the body
+    /// to just under its cap, checked by the API's own validation. Returns
+    /// the body's size and the job.
+    pub fn largest_accepted_job(max_body: usize, max_postings: usize) -> (usize, JobInput) {
+        let body = |description: usize| {
+            let postings: Vec<serde_json::Value> = (0..max_postings)
+                .map(|i| {
+                    serde_json::json!({
+                        "id": format!("posting-{i}"),
+                        "title": format!("{} engineer", SKILLS[i % SKILLS.len()]),
+                        "description": "d".repeat(description),
+                        "required_skills": (0..4).map(|k| SKILLS[(i + k) % SKILLS.len()]).collect::<Vec<_>>(),
+                        "preferred_skills": [SKILLS[(i + 5) % SKILLS.len()]],
+                        "min_years": (i % 8) as f32,
+                        "location": "Berlin",
+                        "remote": i % 2 == 0,
+                        "salary_max": 90_000,
+                    })
+                })
+                .collect();
+            let candidate = serde_json::json!({
+                "id": "largest",
+                "skills": SKILLS.iter().map(|s| serde_json::json!({"name": s, "weight": 0.8})).collect::<Vec<_>>(),
+                "years_experience": 6,
+                "summary": "s".repeat(crate::api::types::MAX_TEXT_BYTES),
+            });
+            serde_json::json!({"candidate": candidate, "postings": postings}).to_string()
+        };
+        // The size grows by `max_postings` bytes per byte of description.
+        let base = body(0).len();
+        let description = max_body.saturating_sub(base) / max_postings.max(1);
+        let text = body(description.min(crate::api::types::MAX_TEXT_BYTES));
+        let request: crate::api::types::MatchRequest = serde_json::from_str(&text).expect("a well-formed job");
+        let caps = crate::api::types::Caps { max_postings };
+        let (_, input) = request.into_job(&caps).expect("the API accepts the largest job");
+        (text.len(), input)
+    }
+
     /// The `misbehave` matcher (see `guest/misbehave`).
     pub const MISBEHAVE_WASM: &str = env!("MATCHBOX_GUEST_MISBEHAVE");
     /// Its variants whose `info()` traps, loops, or returns an empty name.

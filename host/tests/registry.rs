@@ -78,6 +78,20 @@ async fn every_bad_upload_is_refused_with_a_reason_and_changes_nothing() {
         ("foreign", foreign_import, StatusCode::UNPROCESSABLE_ENTITY, "wrong_world", "acme:vault/secrets"),
         ("huge", vec![0u8; 2 << 20], StatusCode::PAYLOAD_TOO_LARGE, "too_large", "cap"),
         (
+            "memories",
+            common::wat_matcher(1, 2, true),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "over_limits",
+            "3 Wasm linear memories, which exceeds the configured maximum of 2",
+        ),
+        (
+            "instances",
+            common::wat_matcher(1, 40, false),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "over_limits",
+            "41 core module instances, which exceeds the configured maximum of 32",
+        ),
+        (
             "info-trap",
             guest(matchbox::testing::MISBEHAVE_INFO_TRAP_WASM),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -112,6 +126,27 @@ async fn every_bad_upload_is_refused_with_a_reason_and_changes_nothing() {
     }
     assert!(std::fs::read_dir(dirs.path().join("data/matchers")).unwrap().next().is_none(), "nothing was stored");
     assert_eq!(app.live_instances().get(), 0);
+}
+
+/// A tenant (here the implicit one) may keep `--max-uploads` matchers; a
+/// new name past it is refused, replacing one it has is not, and removing
+/// one makes room.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_held_to_their_quota() {
+    let dirs = tempfile::tempdir().unwrap();
+    let app = service(&dirs, |c| c.max_uploads = 2).await;
+    assert_eq!(upload(&app, "one", misbehave()).await.0, StatusCode::CREATED);
+    assert_eq!(upload(&app, "two", common::wat_matcher(1, 0, false)).await.0, StatusCode::CREATED);
+    let (status, body) = upload(&app, "three", misbehave()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("upload_quota_exceeded"))
+    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("has 2 uploaded matchers, its quota"), "{body}");
+    assert_eq!(upload(&app, "two", misbehave()).await.0, StatusCode::OK, "replacing is not a new upload");
+    let (status, _) = call(&app, Method::DELETE, "/matchers/one", Body::empty(), "application/json").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(upload(&app, "three", misbehave()).await.0, StatusCode::CREATED);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,6 +305,25 @@ async fn the_api_answers_while_a_component_compiles() {
         let (status, body) = u.await.unwrap();
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+}
+
+/// An upload whose `info()` runs until its deadline (5 s) holds up no other
+/// upload: the second one, started while the first's `info()` runs, is
+/// registered before the first is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upload_holds_up_no_other() {
+    let dirs = tempfile::tempdir().unwrap();
+    let app = service(&dirs, |_| {}).await;
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move { upload(&app, "slow", guest(matchbox::testing::MISBEHAVE_INFO_LOOP_WASM)).await }
+    });
+    tokio::time::timeout(BOUND, app.live_instances().wait_for(|n| n == 1)).await.unwrap();
+    let (status, body) = upload(&app, "quick", misbehave()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(!slow.is_finished(), "the slow upload was still in its info() when the quick one was registered");
+    let (status, body) = slow.await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("info_failed")));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,10 @@
-//! The sandbox against real components: the built-in matchers and the
-//! `misbehave` guest, one misbehaviour per test. Every test checks that the
-//! live-instance gauge is back to zero and that the host serves the next job.
+//! The sandbox against real components: the built-in matchers, the
+//! `misbehave` guest (one misbehaviour per test) and small hand-written
+//! components with several memories or core instances. Every test checks
+//! that the live-instance gauge is back to zero and that the host serves the
+//! next job.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,10 +226,17 @@ async fn stdout_and_stderr_are_captured_and_capped() {
     assert!(report.stdout.starts_with("yyyy"));
 }
 
+/// The connection the guest tries is to a port this test listens on, so a
+/// sandbox that let it through would say `net: connected`.
 #[tokio::test(flavor = "multi_thread")]
 async fn files_environment_and_network_are_denied() {
     let f = fixture().await;
-    let report = f.misbehave("capabilities").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut job = input("capabilities");
+    job.candidate.summary = port.to_string();
+    let report = f.sandbox.rank(&f.misbehave.pre, &job, &limits(), CancellationToken::new()).await;
+    f.assert_clean_and_serving().await;
     let rankings = report.outcome.unwrap();
     let reasons = &rankings[0].reasons;
     assert!(reasons[0].starts_with("file: denied"), "{reasons:?}");
@@ -273,16 +284,73 @@ async fn dropping_the_job_future_drops_the_store() {
 }
 
 /// The built-in matchers use a bump allocator (nothing is freed until the
-/// instance is dropped); the largest job the API accepts must still fit in
-/// the default per-job memory.
+/// instance is dropped); the largest job the API accepts (a body of the
+/// default `--max-body`, through the API's own checks) must still fit in the
+/// default `--max-memory`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_largest_accepted_job_fits_the_default_memory_cap() {
-    let f = fixture().await;
-    let text = load(&f.sandbox, BUILTINS[1].1).await;
-    let input = matchbox::testing::sample_input(10_000);
-    let limits = JobLimits { deadline: Duration::from_secs(60), ..JobLimits::default() };
-    for pre in [&f.skills.pre, &text.pre] {
-        let report = f.sandbox.rank(pre, &input, &limits, CancellationToken::new()).await;
-        assert_eq!(report.outcome.map(|r| r.len()).map_err(|f| f.message), Ok(10));
+    let config = matchbox::Config::default();
+    let sandbox =
+        Sandbox::new(SandboxConfig { max_memory: config.max_memory, instances: 4, ..Default::default() }).unwrap();
+    let (body, input) = matchbox::testing::largest_accepted_job(config.max_body, config.max_postings);
+    assert!(body > config.max_body * 9 / 10, "the job is {body} bytes, not near the cap of {}", config.max_body);
+    let limits = JobLimits { memory: config.max_memory, deadline: Duration::from_secs(120), ..JobLimits::default() };
+    for (name, bytes) in BUILTINS {
+        let loaded = load(&sandbox, bytes).await;
+        let report = sandbox.rank(&loaded.pre, &input, &limits, CancellationToken::new()).await;
+        assert_eq!(report.outcome.map(|r| r.len()).map_err(|f| format!("{name}: {}", f.message)), Ok(10));
     }
+}
+
+/// A component of two core modules, each with a memory of 40 pages (2.5
+/// MiB): 5 MiB in all. Under a cap of 4 MiB it is refused, though each
+/// memory alone is under it; under 8 MiB it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_counts_every_memory_against_its_cap() {
+    let f = fixture().await;
+    let component = wasmtime::component::Component::new(f.sandbox.engine(), common::wat_matcher(40, 1, true)).unwrap();
+    let pre = f.sandbox.prepare(&component).unwrap();
+    let tight = JobLimits { memory: 4 << 20, ..limits() };
+    let refused = f.sandbox.info(&pre, &tight).await.unwrap_err();
+    assert_eq!(refused.kind, FailureKind::MemoryLimit, "{}", refused.message);
+    assert!(refused.message.contains("5.0 MiB of memory in all"), "{}", refused.message);
+    let roomy = JobLimits { memory: 8 << 20, ..limits() };
+    assert_eq!(f.sandbox.info(&pre, &roomy).await.unwrap().name, "wide");
+    f.assert_clean_and_serving().await;
+}
+
+/// More memories or core instances than one component may have are refused
+/// when the component is compiled, naming the limit, before anything runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn components_over_the_per_component_limits_are_refused_when_compiled() {
+    let f = fixture().await;
+    let limits = f.sandbox.component_limits();
+    let cases = [
+        (common::wat_matcher(1, limits.memories as usize, true), "Wasm linear memories"),
+        (common::wat_matcher(1, limits.core_instances as usize, false), "core module instances"),
+    ];
+    for (bytes, named) in cases {
+        let err = anyhow::Error::from(wasmtime::component::Component::new(f.sandbox.engine(), bytes).unwrap_err());
+        assert!(matchbox::runtime::is_over_limits(&err), "{err:#}");
+        assert!(format!("{err:#}").contains(named), "{err:#}");
+    }
+    // At the limits exactly, they compile.
+    for bytes in [
+        common::wat_matcher(1, limits.memories as usize - 1, true),
+        common::wat_matcher(1, limits.core_instances as usize - 1, false),
+    ] {
+        wasmtime::component::Component::new(f.sandbox.engine(), bytes).unwrap();
+    }
+}
+
+/// A matcher that answers `internal` with 8 MiB of text: the task keeps
+/// the start of it and how much was cut, never the 8 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_error_message_is_cut_before_it_is_kept() {
+    let f = fixture().await;
+    let report = f.misbehave("huge-error-8").await;
+    let (kind, message) = failure(&report);
+    assert_eq!(kind, FailureKind::MatcherError);
+    assert!(message.len() <= matchbox::runtime::MAX_FAILURE_MESSAGE, "{} bytes kept", message.len());
+    assert!(message.starts_with("eeee") && message.ends_with("bytes cut)"), "{}", &message[message.len() - 40..]);
 }

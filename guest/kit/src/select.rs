@@ -1,15 +1,22 @@
-//! Best-first selection of scored postings.
+//! Best-first selection of scored postings, within the contract.
 
 use crate::model::{Options, Ranking};
+
+/// Reasons per ranking the contract allows.
+pub const MAX_REASONS: usize = 16;
+/// Bytes per reason the contract allows.
+pub const MAX_REASON_BYTES: usize = 1024;
 
 /// Keeps the rankings at or above `min_score`, best first, at most `top_k`.
 ///
 /// Equal scores are ordered by posting id, so a matcher's output is
-/// deterministic whatever order the postings came in. Scores are clamped into [0, 1] first: a rounding error
-/// in a matcher must not become a contract breach.
+/// deterministic whatever order the postings came in. Scores are clamped
+/// into [0, 1] first (NaN counts as 0) and reasons cut to the contract's
+/// caps: a rounding error, or a long skill name quoted in a reason, must not
+/// become a contract breach.
 pub fn best_first(mut scored: Vec<Ranking>, options: &Options) -> Vec<Ranking> {
     for ranking in &mut scored {
-        ranking.score = ranking.score.clamp(0.0, 1.0);
+        ranking.score = if ranking.score.is_nan() { 0.0 } else { ranking.score.clamp(0.0, 1.0) };
     }
     scored.retain(|r| r.score >= options.min_score);
     let k = (options.top_k as usize).min(scored.len());
@@ -20,7 +27,28 @@ pub fn best_first(mut scored: Vec<Ranking>, options: &Options) -> Vec<Ranking> {
         scored.truncate(k);
     }
     scored.sort_unstable_by(best_first_order);
+    for ranking in &mut scored {
+        ranking.reasons.truncate(MAX_REASONS);
+        for reason in &mut ranking.reasons {
+            cap_reason(reason);
+        }
+    }
     scored
+}
+
+/// Cuts `reason` to [`MAX_REASON_BYTES`] at a character boundary, ending it
+/// with an ellipsis when it was cut.
+pub fn cap_reason(reason: &mut String) {
+    const ELLIPSIS: &str = "…";
+    if reason.len() <= MAX_REASON_BYTES {
+        return;
+    }
+    let mut end = MAX_REASON_BYTES - ELLIPSIS.len();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason.push_str(ELLIPSIS);
 }
 
 fn best_first_order(a: &Ranking, b: &Ranking) -> std::cmp::Ordering {
@@ -50,6 +78,19 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].score, 1.0);
         assert_eq!(out[1].posting_id, "c");
+    }
+
+    #[test]
+    fn reasons_are_cut_to_the_contract_at_a_character() {
+        let mut long = r("a", 0.5);
+        long.reasons = vec!["é".repeat(2000); 20];
+        long.score = f32::NAN;
+        let out = best_first(vec![long], &Options { top_k: 1, min_score: 0.0 });
+        assert_eq!(out[0].score, 0.0);
+        assert_eq!(out[0].reasons.len(), MAX_REASONS);
+        for reason in &out[0].reasons {
+            assert!(reason.len() <= MAX_REASON_BYTES && reason.ends_with('…'), "{} bytes", reason.len());
+        }
     }
 
     #[test]

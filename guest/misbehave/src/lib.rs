@@ -20,7 +20,9 @@
 //! | `long-reasons`  | returns a reason of a megabyte |
 //! | `log-flood`     | writes 100,000 log lines, then answers correctly |
 //! | `stdout-flood`  | prints 1 MB to stdout and to stderr, then answers correctly |
-//! | `capabilities`  | tries to read a file, an environment variable and a socket, and reports what happened as reasons |
+//! | `capabilities`  | tries to read a file, an environment variable and a connection to `127.0.0.1:<summary>` (the port in the candidate's summary), and reports what happened as reasons |
+//! | `huge-error-N`  | answers `internal` with a message of N MiB |
+//! | `huge-reason-N` | answers with one posting whose one reason is N MiB |
 //! | `invalid`       | answers `invalid-input` |
 //! | `internal`      | answers `internal` |
 //! | `slow`          | computes for 300 ms, then answers correctly |
@@ -157,11 +159,20 @@ impl Matcher for Misbehave {
                     Err(e) => format!("env: denied ({e})"),
                 };
                 let args = format!("args: {}", std::env::args().count());
-                let net = match std::net::TcpStream::connect("127.0.0.1:6379") {
+                let port: u16 = candidate.summary.trim().parse().unwrap_or(6379);
+                let net = match std::net::TcpStream::connect(("127.0.0.1", port)) {
                     Ok(_) => "net: connected".to_string(),
                     Err(e) => format!("net: denied ({e})"),
                 };
                 Ok(vec![Ranking { posting_id: first, score: 0.5, reasons: vec![file, env, args, net] }])
+            }
+            huge if huge.starts_with("huge-error-") => {
+                let mib: usize = huge["huge-error-".len()..].parse().unwrap_or(1);
+                Err(MatchError::Internal("e".repeat(mib << 20)))
+            }
+            huge if huge.starts_with("huge-reason-") => {
+                let mib: usize = huge["huge-reason-".len()..].parse().unwrap_or(1);
+                Ok(vec![Ranking { posting_id: first, score: 0.5, reasons: vec!["r".repeat(mib << 20)] }])
             }
             "invalid" => Err(MatchError::InvalidInput("misbehave: the input is wrong on purpose".into())),
             "internal" => Err(MatchError::Internal("misbehave: broke on purpose".into())),

@@ -188,7 +188,10 @@ impl MatchRequest {
         check_id(|| "candidate.id".into(), &c.id)?;
         check_items(|| "candidate.skills".into(), &c.skills, MAX_LIST_ITEMS)?;
         for (i, s) in c.skills.iter().enumerate() {
-            check_id(|| format!("candidate.skills[{i}].name"), &s.name)?;
+            // A name, not an id: 1 KiB like the postings' skills.
+            if s.name.trim().is_empty() {
+                return Err(ApiError::invalid(format!("candidate.skills[{i}].name must not be empty")));
+            }
             check_len(|| format!("candidate.skills[{i}].name"), &s.name, MAX_NAME_BYTES)?;
             check_range(|| format!("candidate.skills[{i}].weight"), s.weight, 0.0, 1.0)?;
         }
