@@ -301,3 +301,31 @@ async fn each_tenants_memory_cap_applies_to_its_own_jobs() {
     assert_eq!(large_job.body["status"], "completed", "{}", large_job.body);
     assert_eq!(large_job.body["result"]["rankings"].as_array().unwrap().len(), 10);
 }
+
+/// A tenant that fills its share of the table (finished tasks count until
+/// they expire) is refused with 429, before its body is even read, while
+/// another tenant's jobs are accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_cannot_fill_the_table_for_everyone() {
+    let capped = NewTenant { tasks: Some(3), ..NewTenant::default() };
+    let (host, keys) = host(&[("a", capped), ("b", NewTenant::default())], |c| c.max_tasks = 10).await;
+    let (app, a, b) = (&host.app, keys[0].as_str(), keys[1].as_str());
+    for _ in 0..3 {
+        let done = call(app, Some(a), Method::POST, "/jobs/match?wait=30s", Some(job("skills", "ada", 1, 0))).await;
+        assert_eq!(done.body["status"], "completed", "{}", done.body);
+    }
+    let refused = submit(app, a, "skills", "ada").await;
+    assert_eq!((refused.status, refused.error_code()), (StatusCode::TOO_MANY_REQUESTS, "tasks_quota_exceeded"));
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("tenant 'a' holds 3 tasks, its quota"));
+    // Refused before its body is read: a body that is not even JSON gets the
+    // same 429, not a 400.
+    let unread = call(app, Some(a), Method::POST, "/jobs/match", Some(Body::from("{not json"))).await;
+    assert_eq!((unread.status, unread.error_code()), (StatusCode::TOO_MANY_REQUESTS, "tasks_quota_exceeded"));
+    // b gets the rest of the table (7 of 10).
+    for _ in 0..7 {
+        task_id(&submit(app, b, "skills", "ada").await);
+    }
+    assert_eq!(submit(app, b, "skills", "ada").await.error_code(), "tasks_quota_exceeded");
+    assert_eq!(app.tasks_held().await.unwrap(), 10);
+}

@@ -121,15 +121,17 @@ impl Drop for MemoryStore {
 impl State {
     /// Why `tenant` may not add a task now, if it may not.
     fn refusal(&self, tenant: &str, caps: TenantCaps, capacity: usize) -> Option<StoreError> {
-        if self.tasks.len() >= capacity {
-            return Some(StoreError::Full { capacity });
-        }
         let held = self.held.get(tenant).copied().unwrap_or_default();
         if held.tasks >= caps.tasks {
             return Some(StoreError::TenantFull { tenant: tenant.to_string(), cap: caps.tasks });
         }
         if held.open >= caps.pending {
             return Some(StoreError::OverQuota { tenant: tenant.to_string(), limit: caps.pending });
+        }
+        // The tenants' caps add up to at most the table's capacity, so this
+        // is the last resort of a host configured without them.
+        if self.tasks.len() >= capacity {
+            return Some(StoreError::Full { capacity });
         }
         None
     }
