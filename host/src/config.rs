@@ -70,6 +70,27 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
     pub max_memory: usize,
 
+    /// How long a client may take to send a request's headers (and how long
+    /// an idle keep-alive connection is kept); then the connection is closed.
+    #[arg(long, env = "MATCHBOX_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a client may take to send a request's body after its
+    /// headers; past it, 408.
+    #[arg(long, env = "MATCHBOX_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Connections held open at once; past it, new ones are answered 503
+    /// and closed.
+    #[arg(long, env = "MATCHBOX_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Where operators reach /metrics by tenant and matcher, /status and the
+    /// status page (none by default). On a host with tenants, the API's
+    /// /metrics leaves out every series that names a tenant or its matcher.
+    #[arg(long, env = "MATCHBOX_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Largest request body accepted; past it, 413.
     #[arg(long, env = "MATCHBOX_MAX_BODY", default_value = "8MiB", value_parser = parse_size)]
     pub max_body: usize,
@@ -177,6 +198,9 @@ impl From<Config> for Settings {
                 max_body: config.max_body,
                 max_wait: config.max_wait,
                 max_component_size: config.max_component_size,
+                header_timeout: config.header_timeout,
+                body_timeout: config.body_timeout,
+                max_connections: config.max_connections,
             },
         }
     }

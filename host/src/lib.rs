@@ -55,14 +55,41 @@ pub fn app(state: api::AppState) -> axum::Router {
     api::router(state).layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// The operators' application (`--admin-listen`): metrics by tenant and
+/// matcher, health, readiness, the status page.
+pub fn admin_app(state: api::AppState) -> axum::Router {
+    api::operator_router(state).layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
+/// requests in flight. Headers, bodies and connections are bounded by the
+/// service's [`service::HttpLimits`].
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: api::AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    let limits = serve_limits(&state);
+    api::serve(listener, app(state), limits, shutdown).await
+}
+
+/// Serves the operators' application on `listener`, with the same bounds.
+pub async fn run_admin(
+    listener: tokio::net::TcpListener,
+    state: api::AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = serve_limits(&state);
+    api::serve(listener, admin_app(state), limits, shutdown).await
+}
+
+fn serve_limits(state: &api::AppState) -> api::ServeLimits {
+    let http = state.http_limits();
+    api::ServeLimits {
+        header_timeout: http.header_timeout,
+        body_timeout: http.body_timeout,
+        max_connections: http.max_connections,
+    }
 }
 
 /// What tests and benchmarks share: paths of the guests built for tests only

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API.
-    Serve(matchbox::Config),
+    Serve(Box<matchbox::Config>),
     /// Submit a matching job to a server.
     Submit {
         #[command(flatten)]
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Serve(config) => {
-            return tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config));
+            return tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(*config));
         }
         other => other,
     };
@@ -121,8 +121,13 @@ async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
     config.check_exposure()?;
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
+        admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
         workers = config.workers(),
         task_ttl = %humantime::format_duration(config.task_ttl),
         max_tasks = config.max_tasks,
@@ -131,19 +136,22 @@ async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
     let drain_timeout = config.drain_timeout;
     let state = matchbox::Matchbox::new(config).await?;
     // On a signal, drain first (new jobs get 503, reads go on so clients can
-    // collect results), then stop the HTTP server, then exit.
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(matchbox::run(listener, state.clone(), async {
-        let _ = http_stopped.await;
-    }));
+    // collect results), then stop the HTTP servers, then exit.
+    let stop_http = tokio_util::sync::CancellationToken::new();
+    let stopped = |token: &tokio_util::sync::CancellationToken| token.clone().cancelled_owned();
+    let mut server = tokio::spawn(matchbox::run(listener, state.clone(), stopped(&stop_http)));
+    let admin = admin.map(|admin| tokio::spawn(matchbox::run_admin(admin, state.clone(), stopped(&stop_http))));
     tokio::select! {
         _ = shutdown_signal() => {}
         // The server only ends by itself on an error.
         served = &mut server => return Ok(served??),
     }
     state.drain(drain_timeout).await;
-    let _ = stop_http.send(());
+    stop_http.cancel();
     server.await??;
+    if let Some(admin) = admin {
+        admin.await??;
+    }
     tracing::info!("matchbox stopped");
     Ok(())
 }

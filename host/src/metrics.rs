@@ -4,8 +4,16 @@
 //! purge deletes expired tasks); gauges that describe the present (tasks held,
 //! jobs in flight, live instances, resident memory) are read at scrape time,
 //! so they are never stale and cost nothing between scrapes.
+//!
+//! Two views: [`View::Public`] has no series that names a tenant or a
+//! tenant's matcher (outcomes, latencies, the table, the process), and
+//! [`View::Operator`] adds the series by tenant and matcher. A host with
+//! tenants serves the public view on its API listener and the operator view
+//! only on `--admin-listen`. The series of a matcher are dropped when the
+//! matcher is no longer known, so their labels stay bounded by the matchers
+//! that exist.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,19 +27,33 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::every::Every;
-
 use crate::tasks::{TaskCounts, TaskStatus};
 
+/// Which series a scrape gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Nothing that names a tenant or a tenant's matcher.
+    Public,
+    /// Everything, by tenant and matcher too.
+    Operator,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct JobLabels {
-    pub matcher: String,
-    pub tenant: String,
+pub struct OutcomeLabels {
     /// `completed`, `cancelled`, or the failure kind (`timeout`, `trap`, ...).
     pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MatcherLabels {
+pub struct TenantJobLabels {
+    pub tenant: String,
+    pub matcher: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantMatcherLabels {
+    pub tenant: String,
     pub matcher: String,
 }
 
@@ -51,10 +73,20 @@ pub struct Present {
     pub live_instances: u64,
 }
 
+fn job_buckets() -> Histogram {
+    // 50 µs to about 52 s.
+    Histogram::new(exponential_buckets(50e-6, 4.0, 11))
+}
+
 pub struct Metrics {
-    registry: Registry,
-    pub jobs: Family<JobLabels, Counter>,
-    pub job_seconds: Family<MatcherLabels, Histogram>,
+    public: Registry,
+    operator: Registry,
+    jobs: Family<OutcomeLabels, Counter>,
+    job_seconds: Histogram,
+    tenant_jobs: Family<TenantJobLabels, Counter>,
+    tenant_job_seconds: Family<TenantMatcherLabels, Histogram>,
+    /// The outcomes seen for each (tenant, matcher), to drop its series.
+    labelled: Mutex<HashMap<(String, String), HashSet<String>>>,
     pub instantiate_seconds: Histogram,
     pub tasks_expired: Counter,
     /// Shared jobs this host took over from hosts that did not finish them.
@@ -80,19 +112,19 @@ impl Metrics {
     /// `high_water_mark`: the table size past which a warning is logged and
     /// `matchbox_tasks_above_high_water` reads 1.
     pub fn new(high_water_mark: u64) -> Self {
-        let mut registry = Registry::default();
-        let jobs = Family::<JobLabels, Counter>::default();
-        let job_seconds = Family::<MatcherLabels, Histogram>::new_with_constructor(|| {
-            // 50 µs to about 52 s.
-            Histogram::new(exponential_buckets(50e-6, 4.0, 11))
-        });
+        let mut public = Registry::default();
+        let mut operator = Registry::default();
+        let jobs = Family::<OutcomeLabels, Counter>::default();
+        let job_seconds = job_buckets();
+        let tenant_jobs = Family::<TenantJobLabels, Counter>::default();
+        let tenant_job_seconds = Family::<TenantMatcherLabels, Histogram>::new_with_constructor(job_buckets);
         let instantiate_seconds = Histogram::new(exponential_buckets(5e-6, 4.0, 10));
         let tasks_expired = Counter::default();
         let jobs_taken_over = Counter::default();
         let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water] =
             std::array::from_fn(|_| Gauge::default());
-        let r = &mut registry;
-        r.register("matchbox_jobs", "Jobs that ended, by matcher, tenant and outcome", jobs.clone());
+        let r = &mut public;
+        r.register("matchbox_jobs", "Jobs that ended, by outcome", jobs.clone());
         r.register("matchbox_job_duration_seconds", "Time from Store creation to the answer", job_seconds.clone());
         r.register(
             "matchbox_instantiate_duration_seconds",
@@ -118,11 +150,25 @@ impl Metrics {
             "1 while the table holds more tasks than its high-water mark",
             above_high_water.clone(),
         );
+        operator.register(
+            "matchbox_tenant_jobs",
+            "Jobs that ended, by tenant, matcher and outcome",
+            tenant_jobs.clone(),
+        );
+        operator.register(
+            "matchbox_tenant_job_duration_seconds",
+            "Time from Store creation to the answer, by tenant and matcher",
+            tenant_job_seconds.clone(),
+        );
         high_water.set(high_water_mark as i64);
         Metrics {
-            registry,
+            public,
+            operator,
             jobs,
             job_seconds,
+            tenant_jobs,
+            tenant_job_seconds,
+            labelled: Mutex::default(),
             instantiate_seconds,
             tasks_expired,
             jobs_taken_over,
@@ -147,13 +193,33 @@ impl Metrics {
         elapsed: Duration,
         instantiate: Option<Duration>,
     ) {
-        let labels =
-            JobLabels { matcher: matcher.to_string(), tenant: tenant.to_string(), outcome: outcome.to_string() };
-        self.jobs.get_or_create(&labels).inc();
-        self.job_seconds.get_or_create(&MatcherLabels { matcher: matcher.to_string() }).observe(elapsed.as_secs_f64());
+        self.jobs.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+        self.job_seconds.observe(elapsed.as_secs_f64());
+        let (tenant, matcher) = (tenant.to_string(), matcher.to_string());
+        let labels = TenantJobLabels { tenant: tenant.clone(), matcher: matcher.clone(), outcome: outcome.to_string() };
+        self.tenant_jobs.get_or_create(&labels).inc();
+        let by_matcher = TenantMatcherLabels { tenant: tenant.clone(), matcher: matcher.clone() };
+        self.tenant_job_seconds.get_or_create(&by_matcher).observe(elapsed.as_secs_f64());
+        self.labelled.lock().unwrap().entry((tenant, matcher)).or_default().insert(labels.outcome);
         if let Some(d) = instantiate {
             self.instantiate_seconds.observe(d.as_secs_f64());
         }
+    }
+
+    /// Drops the series of every (tenant, matcher) that `known` no longer
+    /// knows: a matcher removed, here or on another host.
+    pub fn retain_matchers(&self, known: impl Fn(&str, &str) -> bool) {
+        let mut labelled = self.labelled.lock().unwrap();
+        labelled.retain(|(tenant, matcher), outcomes| {
+            if known(tenant, matcher) {
+                return true;
+            }
+            for outcome in outcomes.drain() {
+                self.tenant_jobs.remove(&TenantJobLabels { tenant: tenant.clone(), matcher: matcher.clone(), outcome });
+            }
+            self.tenant_job_seconds.remove(&TenantMatcherLabels { tenant: tenant.clone(), matcher: matcher.clone() });
+            false
+        });
     }
 
     /// Compares the table's size with the high-water mark, logging once each
@@ -174,8 +240,8 @@ impl Metrics {
         self.above_high_water.set(above as i64);
     }
 
-    /// The text exposition, with the present read in.
-    pub fn render(&self, present: Present) -> String {
+    /// The text exposition of `view`, with the present read in.
+    pub fn render(&self, present: Present, view: View) -> String {
         self.tasks.set(present.tasks as i64);
         for status in TaskStatus::ALL {
             let count = present.tasks_by_status.get(status);
@@ -188,8 +254,13 @@ impl Metrics {
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory.set(rss as i64);
         }
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        encode_registry(&mut out, &self.public).expect("writing to a String cannot fail");
+        if view == View::Operator {
+            encode_registry(&mut out, &self.operator).expect("writing to a String cannot fail");
+        }
+        encode_eof(&mut out).expect("writing to a String cannot fail");
         out
     }
 }

@@ -432,15 +432,19 @@ async fn metrics_report_jobs_tasks_instances_and_the_high_water_mark() {
         String::from_utf8(http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes().to_vec())
             .unwrap();
     for line in [
-        r#"matchbox_jobs_total{matcher="misbehave",tenant="default",outcome="completed"} 2"#,
-        r#"matchbox_jobs_total{matcher="misbehave",tenant="default",outcome="contract_violation"} 1"#,
+        r#"matchbox_jobs_total{outcome="completed"} 2"#,
+        r#"matchbox_jobs_total{outcome="contract_violation"} 1"#,
+        // Without tenants, the series by tenant and matcher are on /metrics too.
+        r#"matchbox_tenant_jobs_total{tenant="default",matcher="misbehave",outcome="completed"} 2"#,
+        r#"matchbox_tenant_jobs_total{tenant="default",matcher="misbehave",outcome="contract_violation"} 1"#,
         "matchbox_tasks 3",
         "matchbox_live_instances 0",
         "matchbox_jobs_in_flight 0",
         "matchbox_queue_depth 0",
         "matchbox_tasks_high_water 2",
         "matchbox_tasks_above_high_water 1",
-        r#"matchbox_job_duration_seconds_count{matcher="misbehave"} 3"#,
+        "matchbox_job_duration_seconds_count 3",
+        r#"matchbox_tenant_job_duration_seconds_count{tenant="default",matcher="misbehave"} 3"#,
         "matchbox_instantiate_duration_seconds_count 3",
         "matchbox_tasks_expired_total 0",
     ] {

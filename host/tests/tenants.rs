@@ -329,3 +329,38 @@ async fn one_tenant_cannot_fill_the_table_for_everyone() {
     assert_eq!(submit(app, b, "skills", "ada").await.error_code(), "tasks_quota_exceeded");
     assert_eq!(app.tasks_held().await.unwrap(), 10);
 }
+
+async fn metrics_text(router: axum::Router) -> String {
+    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let reply = common::send(router, request).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body.as_str().unwrap().to_string()
+}
+
+/// On a host with tenants, the API's /metrics names no tenant and no
+/// tenant's matcher; the operators' listener has those series, and drops a
+/// matcher's series once the matcher is removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_name_tenants_only_to_operators() {
+    let (host, keys) = host(&[("acme", NewTenant::default()), ("globex", NewTenant::default())], |_| {}).await;
+    let (app, acme) = (&host.app, keys[0].as_str());
+    assert_eq!(upload(app, acme, "secret-sauce", misbehave()).await.status, StatusCode::CREATED);
+    let done =
+        call(app, Some(acme), Method::POST, "/jobs/match?wait=30s", Some(job("secret-sauce", "ada", 1, 0))).await;
+    assert_eq!(done.body["status"], "completed", "{}", done.body);
+
+    let public = metrics_text(matchbox::app(app.clone())).await;
+    assert!(public.contains("matchbox_jobs_total{outcome=\"completed\"} 1"), "{public}");
+    for secret in ["acme", "globex", "secret-sauce", "tenant="] {
+        assert!(!public.contains(secret), "the public /metrics names '{secret}':\n{public}");
+    }
+    let operator = metrics_text(matchbox::admin_app(app.clone())).await;
+    let series = "matchbox_tenant_jobs_total{tenant=\"acme\",matcher=\"secret-sauce\",outcome=\"completed\"} 1";
+    assert!(operator.contains(series), "{operator}");
+
+    let removed = call(app, Some(acme), Method::DELETE, "/matchers/secret-sauce", None).await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    let operator = metrics_text(matchbox::admin_app(app.clone())).await;
+    assert!(!operator.contains("secret-sauce"), "a removed matcher's series stay:\n{operator}");
+    assert!(operator.contains("matchbox_jobs_total{outcome=\"completed\"} 1"), "the totals stay");
+}

@@ -81,15 +81,30 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if let Some(timed_out) = super::serve::timed_out(&rejection) {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", timed_out.to_string());
+        }
         let status = rejection.status();
         let code = match &rejection {
             JsonRejection::JsonDataError(_) => "invalid_body",
             JsonRejection::JsonSyntaxError(_) => "malformed_json",
             JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                return ApiError::too_large("the request body is larger than the cap of --max-body");
+            }
             _ => "bad_body",
         };
         ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl ApiError {
+    /// Names the cap a body passed, in bytes.
+    pub fn body_cap(mut self, flag: &str, cap: usize) -> Self {
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE && self.code == "too_large" {
+            self.message = format!("the request body is larger than the cap of {cap} bytes ({flag})");
+        }
+        self
     }
 }
 

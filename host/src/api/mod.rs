@@ -2,6 +2,7 @@
 //! rejections leave through [`ApiError`] like every other error.
 
 mod error;
+mod serve;
 mod status;
 pub mod types;
 
@@ -21,8 +22,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
+pub use serve::{BodyTimedOut, ServeLimits, serve};
 use types::{Accepted, Caps, MatchRequest};
 
+use crate::metrics::View;
 use crate::registry::MatcherSummary;
 use crate::service::Matchbox;
 use crate::tasks::{Task, TaskId};
@@ -102,6 +105,20 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes(0).into_openapi()
 }
 
+/// What operators reach on `--admin-listen`: everything `/metrics` has,
+/// by tenant and matcher too, with health, readiness and the status page.
+/// Not in the OpenAPI document: it is not the API.
+pub fn operator_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(operator_metrics))
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
+        .route("/status", axum::routing::get(status::report))
+        .route("/", axum::routing::get(status::page))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 /// The router over `state`; tests call it with `oneshot`, without a socket.
 pub fn router(state: AppState) -> Router {
     let limits = state.http_limits();
@@ -159,7 +176,9 @@ async fn submit(
     // anyway: under overload, parsing megabytes that are refused would take
     // the CPU that serves everyone else. `submit` checks again for real.
     app.may_accept(&tenant)?;
-    let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app).await?;
+    let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app)
+        .await
+        .map_err(|e| e.body_cap("--max-body", app.http_limits().max_body))?;
     let caps = Caps { max_postings: tenant.quotas.postings };
     let (matcher, input) = request.into_job(&caps)?;
     let task = app.submit(&tenant, matcher, input).await?;
@@ -292,7 +311,9 @@ async fn upload_matcher(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(timed_out) = serve::timed_out(&rejection) {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", timed_out.to_string())
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
                 "the component is larger than the cap of {} bytes (--max-component-size)",
                 app.http_limits().max_component_size
@@ -325,15 +346,26 @@ async fn remove_matcher(
     if app.remove_matcher(&tenant, &name).await? { Ok(StatusCode::NO_CONTENT) } else { Err(unknown_matcher(&name)) }
 }
 
-/// Prometheus metrics (OpenMetrics text).
+/// Prometheus metrics (OpenMetrics text). On a host with tenants, only the
+/// series that name no tenant and no tenant's matcher; the rest are on the
+/// operators' listener (`--admin-listen`).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses(
         (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
         (status = 503, description = "The task store cannot answer", body = ErrorBody),
     ))]
 async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let view = if app.has_tenants() { View::Public } else { View::Operator };
+    metrics_in(&app, view).await
+}
+
+async fn operator_metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    metrics_in(&app, View::Operator).await
+}
+
+async fn metrics_in(app: &Matchbox, view: View) -> Result<Response, ApiError> {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    Ok(([(header::CONTENT_TYPE, content_type)], app.metrics_text().await?).into_response())
+    Ok(([(header::CONTENT_TYPE, content_type)], app.metrics_text(view).await?).into_response())
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

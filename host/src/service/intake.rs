@@ -63,9 +63,18 @@ impl JobIntake {
             return Err(SubmitError::QueueFull(self.queue.capacity()));
         }
         if let Some(refused) = self.store.refusal(&tenant.name, tenant.caps()) {
-            return Err(refused.into());
+            return Err(self.refused(refused).into());
         }
         Ok(())
+    }
+
+    /// Without tenants, the one tenant's share is the whole table: its
+    /// refusal is a full table's.
+    fn refused(&self, err: StoreError) -> StoreError {
+        match err {
+            StoreError::TenantFull { cap, .. } if !self.tenants.checks_keys() => StoreError::Full { capacity: cap },
+            other => other,
+        }
     }
 
     /// A job submitted to this host by `tenant`.
@@ -130,7 +139,7 @@ impl JobIntake {
         if let Some(task) = &created {
             if let Err(err) = self.store.insert(task.clone(), tenant.caps()).instrument(span.clone()).await {
                 self.tracker.finished(id);
-                return Err(err.into());
+                return Err(self.refused(err).into());
             }
             span.in_scope(|| tracing::debug!(postings = input.postings.len(), "task accepted"));
             if let Ok(tasks) = self.store.count().await {
@@ -178,7 +187,7 @@ impl JobIntake {
         input: JobInput,
     ) -> Result<(), SubmitError> {
         let id = task.task_id;
-        self.store.insert(task.clone(), tenant.caps()).await?;
+        self.store.insert(task.clone(), tenant.caps()).await.map_err(|e| self.refused(e))?;
         let envelope = Envelope { tenant: tenant.name.to_string(), task_id: id, matcher: matcher.pinned(), input };
         if let Err(err) = cluster.publish(&envelope).await {
             let _ = self.store.remove(&tenant.name, id).await;

@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cluster::Cluster;
 use crate::jobs::{FollowedJobs, JobRunner, JobTracker};
-use crate::metrics::{MemoryHistory, MemorySample, Metrics, Present};
+use crate::metrics::{MemoryHistory, MemorySample, Metrics, Present, View};
 use crate::registry::{
     LoadError, LoadStats, MatcherRef, MatcherRegistry, MatcherSummary, RegistryConfig, ResolveError,
 };
@@ -61,6 +61,13 @@ pub struct HttpLimits {
     pub max_wait: Duration,
     /// Largest uploaded component.
     pub max_component_size: usize,
+    /// From a connection's opening (or its last response) to the end of
+    /// the next request's headers.
+    pub header_timeout: Duration,
+    /// From the end of a request's headers to the end of its body.
+    pub body_timeout: Duration,
+    /// Connections held at once on the API's listener.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -335,9 +342,20 @@ impl Matchbox {
         self.memory_history.samples()
     }
 
-    /// The Prometheus text exposition.
-    pub async fn metrics_text(&self) -> Result<String, StoreError> {
-        Ok(self.metrics.render(self.present().await?))
+    /// The Prometheus text exposition of `view`. The series of matchers no
+    /// longer known are dropped first.
+    pub async fn metrics_text(&self, view: View) -> Result<String, StoreError> {
+        let present = self.present().await?;
+        self.metrics.retain_matchers(|tenant, matcher| {
+            self.tenants.get(tenant).is_some_and(|t| self.registry.find(t.access(), matcher).is_some())
+        });
+        Ok(self.metrics.render(present, view))
+    }
+
+    /// Whether the host has tenants (a tenants file): then what names them
+    /// is for operators only.
+    pub fn has_tenants(&self) -> bool {
+        self.tenants.checks_keys()
     }
 
     /// Tasks deleted at expiry so far (with Redis: jobs this host stopped

@@ -205,6 +205,11 @@ impl Tenants {
         &self.all
     }
 
+    /// Whether requests must carry a tenant's key (a tenants file is in use).
+    pub fn checks_keys(&self) -> bool {
+        self.auth
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Tenant>> {
         self.all.iter().find(|t| &*t.name == name)
     }
