@@ -20,8 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -68,9 +67,12 @@ pub async fn serve(
     }));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/1.1 only: telling HTTP/2 from HTTP/1 (hyper-util's `auto`) means
+    // reading a connection's first bytes with no deadline, which is the
+    // hole a silent client uses. hyper's HTTP/1 connection starts the header
+    // deadline at once, and again whenever a keep-alive connection idles.
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -95,8 +97,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(
             router.clone().map_request(|request: Request<hyper::body::Incoming>| request.map(Body::new)),
         );
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = connection.await;
             drop(permit);

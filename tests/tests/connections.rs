@@ -1,0 +1,88 @@
+//! Slow and idle clients against a real host, over real sockets: they
+//! cannot pin it. Connections past `--max-connections` are answered 503 at
+//! once; a connection that sends no headers is closed after
+//! `--header-timeout`; a body announced and not sent fails with 408 after
+//! `--body-timeout`; meanwhile and after, other clients are served, and the
+//! host's memory stays put.
+
+use std::time::Duration;
+
+use matchbox_tests::Host;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// How long any one wait may take before the test fails.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// Reads until the host closes the connection; what it said.
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut said = Vec::new();
+    tokio::time::timeout(BOUND, stream.read_to_end(&mut said))
+        .await
+        .expect("the host never closed the connection")
+        .unwrap_or_default();
+    String::from_utf8_lossy(&said).into_owned()
+}
+
+async fn served(host: &Host) -> bool {
+    let reply = reqwest::Client::new().get(host.url("/healthz")).send().await;
+    reply.is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_clients_cannot_pin_the_host() {
+    const HELD: usize = 64;
+    let host = Host::start(&["--max-connections", &HELD.to_string(), "--header-timeout", "5s", "--body-timeout", "5s"])
+        .await
+        .unwrap();
+    let rss_before = host.rss_bytes().unwrap();
+
+    // Half the held connections send nothing at all; the other half send a
+    // request's headers announcing a body, and no body.
+    let mut silent = Vec::new();
+    let mut stalled = Vec::new();
+    for i in 0..HELD {
+        let mut stream = TcpStream::connect(host.addr).await.unwrap();
+        if i % 2 == 1 {
+            let head = "POST /jobs/match HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stalled.push(stream);
+        } else {
+            silent.push(stream);
+        }
+    }
+    // Every connection past the cap is told so and closed at once: 2,000 of
+    // them, 250 at a time (the listen backlog holds 1,024), well before the
+    // held ones time out.
+    let addr = host.addr;
+    for _ in 0..8 {
+        let batch: Vec<_> = (0..250)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut stream = TcpStream::connect(addr).await.unwrap();
+                    until_closed(&mut stream).await
+                })
+            })
+            .collect();
+        for said in batch {
+            let said = said.await.unwrap();
+            assert!(said.starts_with("HTTP/1.1 503") && said.contains("too_many_connections"), "{said}");
+        }
+    }
+    let rss_during = host.rss_bytes().unwrap();
+
+    // The host closes the silent ones, and answers the stalled ones 408.
+    for stream in &mut silent {
+        let said = until_closed(stream).await;
+        assert!(said.is_empty() || said.starts_with("HTTP/1.1 408"), "a silent connection was told: {said}");
+    }
+    for stream in &mut stalled {
+        let said = until_closed(stream).await;
+        assert!(said.starts_with("HTTP/1.1 408"), "a stalled body was answered: {said}");
+        assert!(said.contains("body_timeout") && said.contains("--body-timeout"), "{said}");
+    }
+    assert!(served(&host).await, "the host serves once the slow clients are gone");
+    let grew = rss_during.saturating_sub(rss_before);
+    eprintln!("resident memory {rss_before} bytes before, {rss_during} with {HELD} connections held, 2,000 refused");
+    assert!(grew < 32 << 20, "resident memory grew by {grew} bytes under the flood of connections");
+}
