@@ -361,3 +361,36 @@ async fn a_cache_file_from_another_engine_is_recompiled_never_trusted() {
         .await;
     assert!(report.outcome.is_ok());
 }
+
+/// A component another host shares that cannot load here (its memory is
+/// over this host's cap) costs one attempt: the next job for it is refused
+/// as naming an unknown matcher without loading it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_component_that_fails_here_is_tried_once() {
+    let prefix = format!("matchbox-test-{}", uuid_v7_now());
+    let on_redis = |c: &mut Config| {
+        c.store = "redis://127.0.0.1:6379".parse().unwrap();
+        c.redis_prefix = prefix.clone();
+    };
+    let (dirs_a, dirs_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = service(&dirs_a, on_redis).await;
+    let b = service(&dirs_b, |c| {
+        on_redis(c);
+        c.max_memory = 4 << 20;
+    })
+    .await;
+    // 100 pages: 6.25 MiB, within a's cap and over b's.
+    assert_eq!(upload(&a, "wide", common::wat_matcher(100, 0, false)).await.0, StatusCode::CREATED);
+    let loads = |app: &Arc<Matchbox>| app.load_stats().failed.load(std::sync::atomic::Ordering::Relaxed);
+    let before = loads(&b);
+    let (status, body) = submit(&b, "wide", "honest", "1s").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_matcher")));
+    assert_eq!(loads(&b), before + 1, "the first job tried to load it, and failed");
+    let (status, _) = submit(&b, "wide", "honest", "1s").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(loads(&b), before + 1, "the second job did not try again");
+}
+
+fn uuid_v7_now() -> String {
+    matchbox::tasks::Clock::new().new_task_id().simple().to_string()
+}

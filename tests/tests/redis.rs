@@ -271,3 +271,98 @@ async fn a_draining_host_hands_its_unfinished_jobs_back() {
     })
     .await;
 }
+
+/// Whether the bytes of component `digest` are kept in Redis under `prefix`.
+async fn component_kept(redis: &mut redis::aio::MultiplexedConnection, prefix: &str, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    let kept: i64 = redis::cmd("EXISTS").arg(format!("{{{prefix}:c:{hex}}}:bytes")).query_async(redis).await.unwrap();
+    kept == 1
+}
+
+/// `misbehave`'s bytes with a custom section named `tag`: another digest,
+/// the same matcher.
+fn misbehave_tagged(tag: u8) -> Vec<u8> {
+    let mut bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    bytes.extend_from_slice(&[0, 2, 1, tag]);
+    bytes
+}
+
+/// Component bytes kept in Redis live exactly as long as a name means them
+/// or an accepted job needs them: replaced on one host, removed on the
+/// other, and kept for a job that was running on the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn component_bytes_in_redis_go_when_nothing_needs_them() {
+    let prefix = prefix();
+    let hosts = [on_redis(SHARED_REDIS, &prefix, &[]).await, on_redis(SHARED_REDIS, &prefix, &[]).await];
+    let [a, b] = &hosts;
+    let client = reqwest::Client::new();
+    let mut redis = redis::Client::open(SHARED_REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let put = async |host: &Host, bytes: Vec<u8>| -> String {
+        let reply = client.put(host.url("/matchers/m")).body(bytes).send().await.unwrap();
+        assert!(reply.status().is_success(), "{}", reply.status());
+        let body: Value = reply.json().await.unwrap();
+        body["digest"].as_str().unwrap().to_string()
+    };
+
+    let first = put(a, misbehave_tagged(b'1')).await;
+    assert!(component_kept(&mut redis, &prefix, &first).await);
+    let second = put(b, misbehave_tagged(b'2')).await;
+    assert!(!component_kept(&mut redis, &prefix, &first).await, "replaced, and no job needs it");
+    assert!(component_kept(&mut redis, &prefix, &second).await);
+
+    // A job runs on the second; the name moves on while it runs.
+    let busy: Value = post(&client, a.url("/jobs/match"), &job("m", "busy-1500")).await;
+    let id = busy["task_id"].as_str().unwrap().to_string();
+    eventually("the job to start", async || live_instances(&client, a).await + live_instances(&client, b).await == 1)
+        .await;
+    let third = put(b, misbehave_tagged(b'3')).await;
+    assert!(component_kept(&mut redis, &prefix, &second).await, "the running job still needs it");
+    eventually("the job to complete", async || {
+        let task: Value = client.get(a.url(&format!("/tasks/{id}"))).send().await.unwrap().json().await.unwrap();
+        task["status"] == "completed"
+    })
+    .await;
+    eventually("the job's component to go", async || !component_kept(&mut redis, &prefix, &second).await).await;
+
+    assert_eq!(client.delete(a.url("/matchers/m")).send().await.unwrap().status(), 204);
+    assert!(!component_kept(&mut redis, &prefix, &third).await, "removed, and no job needs it");
+}
+
+/// `used_memory` of a Redis, from `INFO memory`.
+async fn redis_memory(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+}
+
+/// A matcher that answers every job with a 50 MiB error message: the task
+/// keeps 4 KiB of it, so over 200 such jobs neither the host's resident
+/// memory nor Redis's grows with the messages (it would by 10 GB).
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_messages_are_cut_before_the_host_or_redis_keeps_them() {
+    let redis_server = RedisServer::start().await.unwrap();
+    let host = on_redis(&redis_server.url(), "matchbox", &["--workers", "2"]).await;
+    let client = reqwest::Client::new();
+    let mut redis = redis::Client::open(redis_server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    upload_misbehave(&client, &host).await;
+    let run = async |n: usize| {
+        for _ in 0..n {
+            let done = post(&client, host.url("/jobs/match?wait=60s"), &job("misbehave", "huge-error-50")).await;
+            assert_eq!(done["error"]["kind"], "matcher_error", "{done}");
+            let message = done["error"]["message"].as_str().unwrap();
+            assert!(message.len() <= 4096 && message.ends_with("bytes cut)"), "{} bytes kept", message.len());
+        }
+    };
+    // Warm up: the instance slots, the allocator's arenas, Redis's own.
+    run(10).await;
+    let settle = || tokio::time::sleep(Duration::from_secs(2));
+    settle().await;
+    let (rss_before, redis_before) = (host.rss_bytes().unwrap(), redis_memory(&mut redis).await);
+    run(200).await;
+    settle().await;
+    let (rss_after, redis_after) = (host.rss_bytes().unwrap(), redis_memory(&mut redis).await);
+    eprintln!(
+        "200 jobs of 50 MiB messages: host resident {rss_before} -> {rss_after} bytes, Redis used {redis_before} -> {redis_after} bytes"
+    );
+    assert!(rss_after < rss_before + (64 << 20), "the host kept the messages: {rss_before} -> {rss_after}");
+    assert!(redis_after < redis_before + (4 << 20), "Redis kept the messages: {redis_before} -> {redis_after}");
+}

@@ -133,3 +133,20 @@ pub async fn sweep_followed(followed: Arc<FollowedJobs>, store: Arc<dyn TaskStor
         }
     }
 }
+
+/// How often a host deletes the components whose last job expired without
+/// ending.
+const COLLECT_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes, until `stop` fires, the shared components no name means and no
+/// job needs any more, whose jobs' hosts died before they ended.
+pub async fn collect_components(cluster: Arc<Cluster>, stop: CancellationToken) {
+    let mut every = Every::new(COLLECT_EVERY);
+    while every.tick(&stop).await {
+        match cluster.collect_components().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted shared components no job needs any more"),
+            Err(err) => tracing::debug!(%err, "cannot collect the shared components"),
+        }
+    }
+}

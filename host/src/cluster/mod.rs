@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! <prefix>:jobs                    stream of jobs; consumer group "hosts", one consumer per host
-//! <prefix>:component:<sha256 hex>  a component's bytes, stored once
-//! <prefix>:matchers:<owner>        hash name -> digest; owner is a tenant, or "_shared"
 //! <prefix>:ended                   channel: the id of each task whose outcome was just written
 //! ```
+//!
+//! and the uploaded matchers' names and bytes (`components.rs`).
 //!
 //! A host that accepts a job writes its task (pending) and then adds the job
 //! to the stream, both before answering 202. Every host reads the stream
@@ -29,6 +29,7 @@
 //! one of its own, [`Intake`], through which the stream's jobs enter the
 //! host (`loops.rs`).
 
+mod components;
 mod loops;
 
 use std::sync::Arc;
@@ -40,10 +41,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 
-pub use loops::{Intake, consume, follow_ended, sweep_followed};
+pub use loops::{Intake, collect_components, consume, follow_ended, sweep_followed};
 
 use crate::jobs::Claim;
-use crate::registry::{MatcherRef, MatcherShare, ShareError};
+use crate::registry::MatcherRef;
 use crate::runtime::JobInput;
 use crate::tasks::{StoreError, TaskId};
 
@@ -74,6 +75,9 @@ pub struct StreamClaim {
     cluster: Arc<Cluster>,
     entry: String,
     reclaimed: bool,
+    /// The job's tenant and the component it was accepted for, to let go of
+    /// once it has ended.
+    needs: Option<(String, TaskId, String)>,
 }
 
 impl StreamClaim {
@@ -95,7 +99,11 @@ impl Claim for StreamClaim {
     }
 
     async fn settle(self: Box<Self>, id: TaskId) -> Result<(), StoreError> {
-        self.cluster.finished(&self.entry, id).await
+        self.cluster.finished(&self.entry, id).await?;
+        if let Some((tenant, id, digest)) = &self.needs {
+            self.cluster.release_component(digest, tenant, *id).await?;
+        }
+        Ok(())
     }
 }
 
@@ -109,6 +117,7 @@ pub struct Cluster {
     prefix: String,
     consumer: String,
     claim_after: Duration,
+    components: components::Scripts,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -149,6 +158,7 @@ impl Cluster {
             prefix: prefix.to_string(),
             consumer: format!("host-{}", uuid::Uuid::now_v7().simple()),
             claim_after,
+            components: components::Scripts::default(),
         })
     }
 
@@ -178,14 +188,6 @@ impl Cluster {
         Ok(())
     }
 
-    fn names(&self, owner: Option<&str>) -> String {
-        format!("{}:matchers:{}", self.prefix, owner.unwrap_or(SHARED))
-    }
-
-    fn component(&self, digest: &str) -> String {
-        format!("{}:component:{}", self.prefix, hex(digest))
-    }
-
     /// This host's name in the consumer group.
     pub fn consumer(&self) -> &str {
         &self.consumer
@@ -210,8 +212,13 @@ impl Cluster {
         }
     }
 
-    /// Adds a job to the stream, for any host to run.
-    pub async fn publish(&self, envelope: &Envelope) -> Result<(), StoreError> {
+    /// Adds a job to the stream, for any host to run. `uploaded`: the job's
+    /// matcher is an upload, whose bytes are then kept for the job until it
+    /// ends or its task expires after `ttl`.
+    pub async fn publish(&self, envelope: &Envelope, uploaded: bool, ttl: Duration) -> Result<(), StoreError> {
+        if uploaded && let Some(digest) = envelope.matcher.digest() {
+            self.need_component(digest, &envelope.tenant, envelope.task_id, ttl).await?;
+        }
         let json = serde_json::to_string(envelope).expect("a job serialises");
         let _: String = self.redis.clone().xadd(self.stream(), "*", &[("job", json)]).await.map_err(unavailable)?;
         Ok(())
@@ -251,11 +258,15 @@ impl Cluster {
     }
 
     fn delivery(self: &Arc<Self>, entry: StreamId, reclaimed: bool) -> Delivery {
-        let envelope = entry
+        let envelope: Result<Envelope, String> = entry
             .get::<String>("job")
             .ok_or_else(|| "the entry has no job".to_string())
             .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()));
-        Delivery { envelope, claim: StreamClaim { cluster: self.clone(), entry: entry.id, reclaimed } }
+        let needs = envelope
+            .as_ref()
+            .ok()
+            .and_then(|e| e.matcher.digest().map(|digest| (e.tenant.clone(), e.task_id, digest.to_string())));
+        Delivery { envelope, claim: StreamClaim { cluster: self.clone(), entry: entry.id, reclaimed, needs } }
     }
 
     /// Done with an entry: the job's outcome is written (or it had none to
@@ -281,35 +292,6 @@ impl Cluster {
             .await
             .map_err(unavailable)?;
         Ok(())
-    }
-}
-
-fn share_error(err: StoreError) -> ShareError {
-    ShareError(err.to_string())
-}
-
-#[async_trait]
-impl MatcherShare for Cluster {
-    async fn publish(&self, owner: Option<&str>, name: &str, digest: &str, bytes: &[u8]) -> Result<(), ShareError> {
-        let mut redis = self.redis.clone();
-        let _: () = redis.set_nx(self.component(digest), bytes).await.map_err(|e| share_error(unavailable(e)))?;
-        let _: () = redis.hset(self.names(owner), name, digest).await.map_err(|e| share_error(unavailable(e)))?;
-        Ok(())
-    }
-
-    /// The bytes stay: another name, or a job in the stream, may still
-    /// need them.
-    async fn withdraw(&self, owner: Option<&str>, name: &str) -> Result<(), ShareError> {
-        let _: () = self.redis.clone().hdel(self.names(owner), name).await.map_err(|e| share_error(unavailable(e)))?;
-        Ok(())
-    }
-
-    async fn digest_of(&self, owner: Option<&str>, name: &str) -> Result<Option<String>, ShareError> {
-        self.redis.clone().hget(self.names(owner), name).await.map_err(|e| share_error(unavailable(e)))
-    }
-
-    async fn bytes_of(&self, digest: &str) -> Result<Option<Vec<u8>>, ShareError> {
-        self.redis.clone().get(self.component(digest)).await.map_err(|e| share_error(unavailable(e)))
     }
 }
 

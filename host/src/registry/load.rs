@@ -167,6 +167,20 @@ impl MatcherRegistry {
         bytes: Vec<u8>,
         source: Source,
     ) -> Result<Matcher, LoadError> {
+        let loaded = self.try_load(owner, name, bytes, source).await;
+        if loaded.is_err() {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        loaded
+    }
+
+    async fn try_load(
+        &self,
+        owner: Option<Arc<str>>,
+        name: &str,
+        bytes: Vec<u8>,
+        source: Source,
+    ) -> Result<Matcher, LoadError> {
         let cap = self.config.max_component_size;
         if bytes.len() > cap && source != Source::Builtin {
             return Err(LoadError::TooLarge { size: bytes.len(), cap });

@@ -228,6 +228,8 @@ pub struct LoadStats {
     pub cache_hits: AtomicU64,
     /// Cache files found corrupt, truncated or foreign, and recompiled.
     pub cache_rejected: AtomicU64,
+    /// Components that failed to load (refused uploads included).
+    pub failed: AtomicU64,
 }
 
 /// A matcher's key: its owner (`None` for shared) and its name.

@@ -189,7 +189,8 @@ impl JobIntake {
         let id = task.task_id;
         self.store.insert(task.clone(), tenant.caps()).await.map_err(|e| self.refused(e))?;
         let envelope = Envelope { tenant: tenant.name.to_string(), task_id: id, matcher: matcher.pinned(), input };
-        if let Err(err) = cluster.publish(&envelope).await {
+        let uploaded = matcher.source == crate::registry::Source::Uploaded;
+        if let Err(err) = cluster.publish(&envelope, uploaded, self.store.ttl()).await {
             let _ = self.store.remove(&tenant.name, id).await;
             return Err(err.into());
         }

@@ -155,6 +155,7 @@ impl Matchbox {
             tokio::spawn(crate::cluster::consume(cluster.clone(), intake.clone(), draining.clone()));
             tokio::spawn(crate::cluster::follow_ended(cluster.clone(), followed.clone(), stop.clone()));
             tokio::spawn(crate::cluster::sweep_followed(followed.clone(), store.clone(), stop.clone()));
+            tokio::spawn(crate::cluster::collect_components(cluster.clone(), stop.clone()));
         }
         let memory_history = MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600), stop.clone());
         Ok(Arc::new(Matchbox {
