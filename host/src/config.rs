@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cluster::ClusterConfig;
 use crate::registry::RegistryConfig;
 use crate::service::{HttpLimits, Settings};
 use crate::support::units::{parse_duration, parse_size};
@@ -44,10 +45,22 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MAX_TASKS", default_value_t = 100_000)]
     pub max_tasks: usize,
 
-    /// Where the task table lives: `memory` (this process), or a Redis URL
-    /// (`redis://host:6379/0`) for a table that outlives the process.
+    /// Where the task table lives: `memory` (this process), a Redis URL
+    /// (`redis://host:6379/0`) for a table hosts share, or a Redis Cluster
+    /// (`redis+cluster://host:port,host:port`).
     #[arg(long, env = "MATCHBOX_STORE", default_value = "memory", value_parser = clap::value_parser!(Backend))]
     pub store: Backend,
+
+    /// With hosts sharing a Redis: how long a host may go without renewing
+    /// its lease on a job (it renews every fifth of it) before another host
+    /// takes the job over.
+    #[arg(long, env = "MATCHBOX_LEASE", default_value = "5s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// With hosts sharing a Redis: how many times a job is given to a host
+    /// without an outcome before its task fails `host_lost`.
+    #[arg(long, env = "MATCHBOX_MAX_DELIVERIES", default_value_t = 3)]
+    pub max_deliveries: u32,
 
     /// Prefix of every Redis key: hosts with the same prefix share a table.
     #[arg(long, env = "MATCHBOX_REDIS_PREFIX", default_value = "matchbox")]
@@ -194,6 +207,7 @@ impl From<Config> for Settings {
                 max_component_size: config.max_component_size,
                 ..RegistryConfig::default()
             },
+            cluster: ClusterConfig { lease: config.lease, max_deliveries: config.max_deliveries },
             http: HttpLimits {
                 max_body: config.max_body,
                 max_wait: config.max_wait,

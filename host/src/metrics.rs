@@ -91,6 +91,8 @@ pub struct Metrics {
     pub tasks_expired: Counter,
     /// Shared jobs this host took over from hosts that did not finish them.
     pub jobs_taken_over: Counter,
+    /// Shared jobs this host failed `host_lost`: delivered too many times.
+    pub jobs_lost: Counter,
     tasks: Gauge,
     tasks_by_status: Family<StatusLabels, Gauge>,
     jobs_in_flight: Gauge,
@@ -121,6 +123,7 @@ impl Metrics {
         let instantiate_seconds = Histogram::new(exponential_buckets(5e-6, 4.0, 10));
         let tasks_expired = Counter::default();
         let jobs_taken_over = Counter::default();
+        let jobs_lost = Counter::default();
         let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water] =
             std::array::from_fn(|_| Gauge::default());
         let r = &mut public;
@@ -136,6 +139,11 @@ impl Metrics {
             "matchbox_jobs_taken_over",
             "Shared jobs this host took over from hosts that did not finish them",
             jobs_taken_over.clone(),
+        );
+        r.register(
+            "matchbox_jobs_lost",
+            "Shared jobs this host failed host_lost: given to --max-deliveries hosts, finished by none",
+            jobs_lost.clone(),
         );
         r.register("matchbox_tasks", "Tasks in the task table", tasks.clone());
         let tasks_by_status = Family::<StatusLabels, Gauge>::default();
@@ -172,6 +180,7 @@ impl Metrics {
             instantiate_seconds,
             tasks_expired,
             jobs_taken_over,
+            jobs_lost,
             tasks,
             tasks_by_status,
             jobs_in_flight,

@@ -1,114 +1,177 @@
-//! The loops a host runs when it shares jobs: taking jobs from the stream
-//! into the host, and following the jobs it accepted until they end on
-//! whichever host runs them. Each runs until its stop signal fires.
+//! The loops a host runs when it shares jobs. Each runs until its stop
+//! signal fires.
+//!
+//! - [`consume`]: reads the tenants' streams in turn into the host, as far
+//!   as it can start jobs soon, and takes over the jobs of hosts gone;
+//! - [`renew_leases`]: renews the leases on the entries the host holds;
+//! - [`hear_events`]: the announcements of other hosts (work added, a task
+//!   ended, a task deleted);
+//! - [`sweep_followed`]: a rare check of the jobs the host accepted, for an
+//!   announcement missed while the subscription was down;
+//! - [`collect_components`]: deletes shared components nothing needs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, Delivery};
-use crate::jobs::FollowedJobs;
+use crate::jobs::{FollowedJobs, JobTracker};
+use crate::metrics::Metrics;
 use crate::support::every::Every;
 use crate::tasks::TaskStore;
 
-/// How long a read of the stream blocks when there is nothing to take.
-const READ_BLOCK: Duration = Duration::from_millis(500);
+/// How long the reading loop waits for an announcement of work when a turn
+/// over every tenant's stream found nothing.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// How often a host looks for jobs to take over from hosts that are gone.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// How often a host asks how the jobs it accepted are doing: the fallback
 /// for announcements missed while the subscription was down.
-const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
+/// How often a host deletes the components whose last job expired without
+/// ending.
+const COLLECT_EVERY: Duration = Duration::from_secs(60);
+/// How long a loop waits after Redis failed it before trying again.
+const BACKOFF: Duration = Duration::from_millis(500);
 
-/// How jobs read from the stream enter the host: the service implements it
+/// How jobs read from the streams enter the host: the service implements it
 /// with the same intake a local submission goes through.
 #[async_trait]
 pub trait Intake: Send + Sync {
-    /// How many more jobs from the stream this host can start soon.
+    /// How many more jobs from the streams this host can start soon.
     fn room(&self) -> usize;
 
     /// Resolves when a job ends on this host, or after `timeout`.
     async fn wait_for_room(&self, timeout: Duration);
 
-    /// Takes one job read from the stream.
+    /// Takes one job read from a stream.
     async fn take(&self, delivery: Delivery);
 }
 
-/// Takes jobs from the stream until `stop` fires: no more than the host can
-/// start soon, so that the rest stay for other hosts.
-pub async fn consume(cluster: Arc<Cluster>, intake: Arc<dyn Intake>, stop: CancellationToken) {
-    let mut joined = false;
+async fn pause(stop: &CancellationToken, how_long: Duration) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(how_long) => {}
+    }
+}
+
+/// Reads jobs into the host until `stop` fires: no more than it can start
+/// soon, so the rest stay for other hosts. When a turn over every tenant's
+/// stream found nothing it waits for an announcement of work.
+pub async fn consume(cluster: Arc<Cluster>, intake: Arc<dyn Intake>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut last_reclaim = tokio::time::Instant::now();
-    let pause = async || {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(READ_BLOCK) => {}
-        }
-    };
+    let mut empty = 0;
     while !stop.is_cancelled() {
-        if !joined {
-            match cluster.join().await {
-                Ok(()) => joined = true,
-                Err(err) => {
-                    tracing::debug!(%err, "cannot join the deployment's stream yet");
-                    pause().await;
-                    continue;
-                }
-            }
-        }
         let want = intake.room();
         if want == 0 {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = intake.wait_for_room(READ_BLOCK) => {}
+                _ = intake.wait_for_room(IDLE_WAIT) => {}
             }
             continue;
         }
-        let taken = if last_reclaim.elapsed() >= RECLAIM_EVERY {
+        if last_reclaim.elapsed() >= RECLAIM_EVERY {
             last_reclaim = tokio::time::Instant::now();
-            cluster.reclaim(want).await
-        } else {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                taken = cluster.read(want, READ_BLOCK) => taken,
+            match cluster.reclaim(want).await {
+                Ok((deliveries, failed)) => {
+                    metrics.jobs_lost.inc_by(failed as u64);
+                    for delivery in deliveries {
+                        intake.take(delivery).await;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "cannot look for jobs to take over");
+                    pause(&stop, BACKOFF).await;
+                    continue;
+                }
             }
-        };
-        match taken {
-            Ok(deliveries) => {
+        }
+        // Registered before the read, so work announced while it runs is
+        // not missed.
+        let announced = cluster.work.notified();
+        tokio::pin!(announced);
+        announced.as_mut().enable();
+        match cluster.read(intake.room()).await {
+            Ok((deliveries, _)) if !deliveries.is_empty() => {
+                empty = 0;
                 for delivery in deliveries {
                     intake.take(delivery).await;
                 }
             }
+            Ok((_, streams)) => {
+                empty += streams;
+                if empty >= cluster.tenants.len() {
+                    empty = 0;
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = &mut announced => {}
+                        _ = tokio::time::sleep(IDLE_WAIT) => {}
+                    }
+                }
+            }
             Err(err) => {
-                tracing::debug!(%err, "cannot read the deployment's stream");
-                // A Redis that restarted without persistence has lost the
-                // group: join again before the next read.
-                joined = false;
-                pause().await;
+                tracing::debug!(%err, "cannot read the deployment's streams");
+                pause(&stop, BACKOFF).await;
             }
         }
     }
 }
 
-/// Listens until `stop` fires for the tasks any host announces as ended,
-/// and ends those this host follows at once.
-pub async fn follow_ended(cluster: Arc<Cluster>, followed: Arc<FollowedJobs>, stop: CancellationToken) {
+/// Renews the host's leases until `stop` fires: every fifth of the lease,
+/// so that four renewals can fail before another host takes a job over.
+pub async fn renew_leases(cluster: Arc<Cluster>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut every = Every::new(cluster.config.lease / 5);
+    while every.tick(&stop).await {
+        match cluster.renew().await {
+            Ok(stopped) => {
+                metrics.tasks_expired.inc_by(stopped as u64);
+            }
+            Err(err) => tracing::debug!(%err, "cannot renew the leases of this host's jobs"),
+        }
+    }
+}
+
+/// Hears, until `stop` fires, what other hosts (and this one) announce:
+/// work added (wakes the reading loop), a task ended (answers `?wait=` for
+/// the jobs this host accepted), a task deleted (stops its job here).
+pub async fn hear_events(
+    cluster: Arc<Cluster>,
+    followed: Arc<FollowedJobs>,
+    tracker: Arc<JobTracker>,
+    stop: CancellationToken,
+) {
     while !stop.is_cancelled() {
-        let heard = tokio::select! {
-            _ = stop.cancelled() => return,
-            heard = cluster.on_ended(|id| {
-                followed.ended(id);
-                true
-            }) => heard,
+        let mut messages = match cluster.redis.subscribe(&cluster.events_channel()).await {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::debug!(%err, "cannot hear the deployment's announcements; following by polling meanwhile");
+                pause(&stop, BACKOFF).await;
+                continue;
+            }
         };
-        if let Err(err) = heard {
-            tracing::debug!(%err, "cannot hear which tasks ended; following them by polling meanwhile");
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                message = messages.next() => message,
+            };
+            let Some(message) = message else { break };
+            let mut words = message.split(' ');
+            match (words.next(), words.next(), words.next().and_then(|id| id.parse().ok())) {
+                (Some("work"), _, _) => cluster.work.notify_one(),
+                (Some("ended"), _, Some(id)) => followed.ended(id),
+                (Some("deleted"), _, Some(id)) => {
+                    if tracker.cancel(id) {
+                        tracing::info!(task_id = %id, "the task was deleted on another host; stopped its job");
+                    }
+                    followed.ended(id);
+                }
+                _ => tracing::debug!(message, "an announcement this host does not know"),
+            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(READ_BLOCK) => {}
-        }
+        pause(&stop, BACKOFF).await;
     }
 }
 
@@ -133,10 +196,6 @@ pub async fn sweep_followed(followed: Arc<FollowedJobs>, store: Arc<dyn TaskStor
         }
     }
 }
-
-/// How often a host deletes the components whose last job expired without
-/// ending.
-const COLLECT_EVERY: Duration = Duration::from_secs(60);
 
 /// Deletes, until `stop` fires, the shared components no name means and no
 /// job needs any more, whose jobs' hosts died before they ended.

@@ -28,23 +28,32 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use queue::{JobQueue, LaneId, Running, Slot};
-pub use tracker::{FollowedJobs, JobTracker, stop_jobs_of_lost_tasks};
+pub use tracker::{FollowedJobs, JobTracker};
 
 use crate::metrics::Metrics;
 use crate::registry::Matcher;
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
 use crate::tasks::{StoreError, TaskId, TaskOutcome, TaskStore};
 
-/// A job this host took from the deployment, which another host runs if
-/// this one does not finish it.
+/// This host's hold on a job of the deployment, which another host runs if
+/// this one does not finish it. The outcome of such a job is written
+/// through its claim, and only while the hold lasts.
 #[async_trait]
 pub trait Claim: Send + Sync {
     /// Whether this host took the job over from one that did not finish it.
     fn reclaimed(&self) -> bool;
 
-    /// The job's outcome is written (or it has none to write): done with it
-    /// across the deployment.
-    async fn settle(self: Box<Self>, id: TaskId) -> Result<(), StoreError>;
+    /// Whether another host holds the job now: this host must stop it and
+    /// write nothing.
+    fn lost(&self) -> bool;
+
+    /// Writes the job's outcome and is done with the job across the
+    /// deployment, in one step. `Ok(false)`: nothing was written (the task
+    /// was gone or had ended, or the hold was lost).
+    async fn finish(self: Box<Self>, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;
+
+    /// Done with a job that has no outcome to write (its task is gone).
+    async fn drop_done(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// One accepted job.
@@ -103,8 +112,9 @@ impl JobRunner {
     }
 
     /// Cancels every job in flight without ending its task, so that the
-    /// shared jobs among them go back to the deployment: their stream
-    /// entries stay unacknowledged and another host takes them over.
+    /// shared jobs among them go back to the deployment: their entries are
+    /// no longer held, and another host takes them over once their lease
+    /// lapses.
     pub fn hand_back(&self) {
         self.handing_back.store(true, Ordering::Release);
         self.tracker.cancel_all();
@@ -139,29 +149,11 @@ struct Worker {
     handing_back: Arc<AtomicBool>,
 }
 
-/// What became of a job a worker took.
-enum Disposition {
-    /// Its outcome is written, or it had none to write (its task is gone).
-    Done,
-    /// Left for another host: handed back on shutdown, or the store could
-    /// not be told. A shared job's entry stays unacknowledged.
-    Left,
-}
-
 async fn work(w: Worker) {
-    while let Some((mut job, running)) = w.queue.pop().await {
+    while let Some((job, running)) = w.queue.pop().await {
         let id = job.task_id;
         let span = job.span.clone();
-        let claim = job.claim.take();
-        let reclaimed = claim.as_ref().is_some_and(|c| c.reclaimed());
-        let disposition = run_one(job, claim.is_some(), reclaimed, &w).instrument(span.clone()).await;
-        if let (Some(claim), Disposition::Done) = (claim, disposition)
-            && let Err(err) = claim.settle(id).await
-        {
-            // Another host will run it again after the claim period; the
-            // task's result is written once, so the rerun changes nothing.
-            span.in_scope(|| tracing::warn!(%err, "could not acknowledge a shared job"));
-        }
+        run_one(job, &w).instrument(span).await;
         // The tenant's lane may start another job before anyone waiting on
         // this one is told it ended.
         drop(running);
@@ -169,28 +161,35 @@ async fn work(w: Worker) {
     }
 }
 
-/// Runs one job. `shared`: it came from the deployment's stream (and is
-/// left to another host on a hand-back); `reclaimed`: taken over from a
-/// host that did not finish it.
-async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposition {
+/// Runs one job and writes its outcome: through its claim when it came from
+/// the deployment (a job handed back or lost is left to another host, with
+/// nothing written), through the store otherwise.
+async fn run_one(mut job: Job, w: &Worker) {
     let (store, sandbox) = (&*w.store, &w.sandbox);
     let id = job.task_id;
-    let handed_back = || shared && w.handing_back.load(Ordering::Acquire);
+    let claim = job.claim.take();
+    let left = |claim: &Option<Box<dyn Claim>>| {
+        claim.as_ref().is_some_and(|c| c.lost() || w.handing_back.load(Ordering::Acquire))
+    };
     if job.cancel.is_cancelled() {
-        // Deleted or expired while it waited (its entry is already gone),
-        // or handed back.
-        return if handed_back() { Disposition::Left } else { Disposition::Done };
+        // Deleted or expired while it waited, handed back, or lost.
+        if !left(&claim) {
+            done_without_outcome(claim).await;
+        }
+        return;
     }
+    let reclaimed = claim.as_ref().is_some_and(|c| c.reclaimed());
     let started = if reclaimed { store.take_over(&job.tenant, id).await } else { store.start(&job.tenant, id).await };
     match started {
         Ok(true) => {}
-        Ok(false) => return Disposition::Done,
+        Ok(false) => return done_without_outcome(claim).await,
         Err(err) => {
+            // Left for another host (a shared job) or for the store to
+            // expire (a local one).
             tracing::warn!(%err, "could not mark the task running");
-            return Disposition::Left;
+            return;
         }
     }
-    let handing_back = shared.then(|| w.handing_back.clone());
     let Job { matcher, input, limits, cancel, span, tenant, .. } = job;
     let matcher_name = matcher.name.clone();
     let guest_sandbox = sandbox.clone();
@@ -219,9 +218,9 @@ async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposi
     let outcome = match outcome {
         Ok(rankings) => TaskOutcome::Completed(rankings),
         Err(failure) if failure.kind == FailureKind::Cancelled => {
-            if handing_back.is_some_and(|h| h.load(Ordering::Acquire)) {
-                tracing::info!("handed the job back for another host");
-                return Disposition::Left;
+            if left(&claim) {
+                tracing::info!("left the job to another host");
+                return;
             }
             TaskOutcome::Cancelled
         }
@@ -230,11 +229,22 @@ async fn run_one(job: Job, shared: bool, reclaimed: bool, w: &Worker) -> Disposi
             TaskOutcome::Failed(failure)
         }
     };
-    match store.finish(&tenant, id, outcome).await {
-        Ok(_) => Disposition::Done,
-        Err(err) => {
-            tracing::warn!(%err, "could not write the job's outcome");
-            Disposition::Left
-        }
+    let written = match claim {
+        Some(claim) => claim.finish(id, outcome).await,
+        None => store.finish(&tenant, id, outcome).await,
+    };
+    if let Err(err) = written {
+        // A shared job is run again elsewhere once its lease lapses; its
+        // task's result is written once, so the rerun changes nothing.
+        tracing::warn!(%err, "could not write the job's outcome");
+    }
+}
+
+/// Done with a job whose task has no outcome to take (it is gone, or ended).
+async fn done_without_outcome(claim: Option<Box<dyn Claim>>) {
+    if let Some(claim) = claim
+        && let Err(err) = claim.drop_done().await
+    {
+        tracing::warn!(%err, "could not let go of a shared job");
     }
 }

@@ -12,15 +12,12 @@
 //! bounded by the tenants' pending quotas, which the task store enforces.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
 use super::LaneId;
-use crate::metrics::Metrics;
-use crate::support::every::Every;
-use crate::tasks::{TaskId, TaskStore};
+use crate::tasks::TaskId;
 
 #[derive(Default)]
 pub struct JobTracker {
@@ -159,41 +156,5 @@ impl FollowedJobs {
             followed.done.cancel();
         }
         crate::support::capacity::give_back_spare(&mut jobs);
-    }
-}
-
-/// How often the host asks a store that does not report expiry itself
-/// (Redis) whether the tasks of its jobs in flight still exist.
-const LOST_TASK_CHECK: Duration = Duration::from_millis(250);
-
-/// Stops, until `stop` fires, the jobs whose task is gone from `store`:
-/// expired there, or deleted by another host. Run only for a store that
-/// does not report its own expiries (the memory store does, as they
-/// happen, and its host cancels the jobs then).
-pub async fn stop_jobs_of_lost_tasks(
-    tracker: Arc<JobTracker>,
-    store: Arc<dyn TaskStore>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let mut every = Every::new(LOST_TASK_CHECK);
-    while every.tick(&stop).await {
-        let in_flight = tracker.in_flight();
-        if in_flight.is_empty() {
-            continue;
-        }
-        match store.statuses(&in_flight).await {
-            Ok(statuses) => {
-                let gone = in_flight.iter().zip(statuses).filter(|(_, s)| s.is_none()).map(|((_, id), _)| *id);
-                for id in gone {
-                    if tracker.cancel(id) {
-                        metrics.tasks_expired.inc();
-                        tracing::info!(task_id = %id, "the task is gone from the store while its job was in flight; cancelled it");
-                    }
-                }
-            }
-            // Not ready meanwhile; the next tick asks again.
-            Err(err) => tracing::debug!(%err, "could not check the tasks in flight"),
-        }
     }
 }

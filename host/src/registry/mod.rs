@@ -51,7 +51,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 pub use access::{Access, MatcherRef, ResolveError};
-pub use share::{MatcherShare, ShareError};
+pub use share::{AcceptedError, MatcherShare, ShareError};
 
 use crate::runtime::{JobLimits, JobState, MatcherInfo, MatcherPre, Sandbox};
 use cache::CompiledCache;
@@ -247,6 +247,9 @@ pub struct MatcherRegistry {
     /// Components of other hosts that failed to load here, by digest, with
     /// why: a job for one costs a lookup, not another compile.
     failed: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Components no name means any more that accepted jobs still run, by
+    /// owner and digest; each lives as long as a job holds it.
+    retired: std::sync::Mutex<std::collections::HashMap<Key, std::sync::Weak<Matcher>>>,
     config: RegistryConfig,
     pub stats: LoadStats,
 }
@@ -282,6 +285,7 @@ impl MatcherRegistry {
             compile_slots: Semaphore::new(COMPILE_SLOTS),
             changes: tokio::sync::Mutex::new(()),
             failed: Default::default(),
+            retired: Default::default(),
             config,
             stats: LoadStats::default(),
         };

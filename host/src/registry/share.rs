@@ -6,9 +6,11 @@
 //! the cluster layer implements it over Redis. A host without a deployment
 //! has no share, and every upload is its own.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
-use super::{Access, MatcherRegistry, Source, check_name};
+use super::{Access, Matcher, MatcherRef, MatcherRegistry, ResolveError, Source, check_name};
 
 /// The deployment's record of uploads. `owner` is the tenant whose
 /// namespace the name lives in; `None` for a shared matcher.
@@ -86,6 +88,51 @@ impl MatcherRegistry {
         }
     }
 
+    /// The matcher of a job another host accepted for `access`: the exact
+    /// component of its pinned digest, even if the name has since been given
+    /// another component or removed. Such a component is fetched by digest
+    /// from the deployment (whose bytes are kept while an accepted job needs
+    /// them) and kept here as long as a job holds it.
+    pub async fn resolve_accepted(
+        &self,
+        access: Access<'_>,
+        reference: &MatcherRef,
+    ) -> Result<Arc<Matcher>, AcceptedError> {
+        let current = self.resolve(access, reference);
+        let (Err(err), Some(digest), Some(share)) = (&current, reference.digest(), &self.config.share) else {
+            return current.map_err(AcceptedError::Unknown);
+        };
+        let key = (access.owner.cloned(), digest.to_string());
+        if let Some(retired) = self.retired.lock().unwrap().get(&key).and_then(|m| m.upgrade()) {
+            return Ok(retired);
+        }
+        if self.failed.lock().unwrap().contains_key(digest) {
+            return Err(AcceptedError::Unknown(err.clone()));
+        }
+        let Some(bytes) = share.bytes_of(digest).await? else {
+            return Err(AcceptedError::Unknown(err.clone()));
+        };
+        let name = reference.name();
+        match self.load(access.owner.cloned(), name, bytes, Source::Uploaded).await {
+            Ok(matcher) if matcher.digest == digest => {
+                tracing::info!(name, %digest, "loaded the component an accepted job was pinned to, no longer current");
+                let matcher = Arc::new(matcher);
+                let mut retired = self.retired.lock().unwrap();
+                retired.retain(|_, m| m.strong_count() > 0);
+                retired.insert(key, Arc::downgrade(&matcher));
+                Ok(matcher)
+            }
+            Ok(_) => {
+                self.remember_failure(name, digest, "its bytes do not match their digest".into());
+                Err(AcceptedError::Unknown(err.clone()))
+            }
+            Err(e) => {
+                self.remember_failure(name, digest, e.to_string());
+                Err(AcceptedError::Unknown(err.clone()))
+            }
+        }
+    }
+
     /// Remembers that the component `digest` does not load on this host, so
     /// that later jobs for it are refused at once.
     fn remember_failure(&self, name: &str, digest: &str, why: String) {
@@ -98,4 +145,15 @@ impl MatcherRegistry {
         }
         failed.insert(digest.to_string(), why);
     }
+}
+
+/// Why the matcher of an accepted job cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptedError {
+    /// For good: the component is gone, or does not load here.
+    #[error(transparent)]
+    Unknown(ResolveError),
+    /// For now: the deployment's share cannot be reached.
+    #[error(transparent)]
+    Share(#[from] ShareError),
 }

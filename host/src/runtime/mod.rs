@@ -150,6 +150,9 @@ pub enum FailureKind {
     Cancelled,
     /// The host could not run the job (no instance slot, matcher gone).
     Unavailable,
+    /// The job was given to hosts `--max-deliveries` times and none of them
+    /// finished it.
+    HostLost,
 }
 
 impl FailureKind {
@@ -164,6 +167,7 @@ impl FailureKind {
             FailureKind::ContractViolation => "contract_violation",
             FailureKind::Cancelled => "cancelled",
             FailureKind::Unavailable => "unavailable",
+            FailureKind::HostLost => "host_lost",
         }
     }
 }

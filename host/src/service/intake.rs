@@ -21,7 +21,7 @@ use super::SubmitError;
 use crate::cluster::{Cluster, Delivery, Envelope, StreamClaim};
 use crate::jobs::{Claim, FollowedJobs, Job, JobQueue, JobTracker};
 use crate::metrics::Metrics;
-use crate::registry::{DEFAULT_MATCHER, Matcher, MatcherRef, MatcherRegistry};
+use crate::registry::{AcceptedError, DEFAULT_MATCHER, Matcher, MatcherRef, MatcherRegistry};
 use crate::runtime::{FailureKind, JobFailure, JobInput};
 use crate::tasks::{Clock, StoreError, Task, TaskId, TaskOutcome, TaskStore};
 use crate::tenants::{Tenant, Tenants};
@@ -102,12 +102,13 @@ impl JobIntake {
         if matches!(origin, Origin::Local) {
             self.may_accept(tenant)?;
         }
-        let (matcher, origin) = match (self.matcher_for(tenant, reference).await, origin) {
+        let accepted = matches!(origin, Origin::Stream { .. });
+        let (matcher, origin) = match (self.matcher_for(tenant, reference, accepted).await, origin) {
             (Ok(matcher), origin) => (matcher, origin),
             (Err(SubmitError::UnknownMatcher(err)), Origin::Stream { task_id, claim }) => {
                 // Refused for good: the task ends here, on whichever host
                 // read the job, instead of being retried by every host.
-                self.fail(&tenant.name, task_id, claim, format!("the job's matcher is gone: {err}")).await;
+                self.fail(task_id, claim, format!("the job's matcher is gone: {err}")).await;
                 return Ok(None);
             }
             (Err(err), _) => return Err(err),
@@ -165,19 +166,32 @@ impl JobIntake {
     }
 
     /// The matcher `reference` names for `tenant`, brought in line with the
-    /// deployment first when hosts share one.
-    async fn matcher_for(&self, tenant: &Tenant, reference: &MatcherRef) -> Result<Arc<Matcher>, SubmitError> {
+    /// deployment first when hosts share one. A job accepted elsewhere gets
+    /// the exact component it was accepted for, even if the name has moved
+    /// on since.
+    async fn matcher_for(
+        &self,
+        tenant: &Tenant,
+        reference: &MatcherRef,
+        accepted: bool,
+    ) -> Result<Arc<Matcher>, SubmitError> {
+        let share_down = |e: crate::registry::ShareError| StoreError::Unavailable(format!("Redis: {e}"));
         if self.cluster.is_some() {
-            self.registry
-                .sync(tenant.access(), reference.name())
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+            self.registry.sync(tenant.access(), reference.name()).await.map_err(share_down)?;
         }
-        Ok(self.registry.resolve(tenant.access(), reference)?)
+        if !accepted {
+            return Ok(self.registry.resolve(tenant.access(), reference)?);
+        }
+        match self.registry.resolve_accepted(tenant.access(), reference).await {
+            Ok(matcher) => Ok(matcher),
+            Err(AcceptedError::Unknown(err)) => Err(err.into()),
+            Err(AcceptedError::Share(err)) => Err(share_down(err).into()),
+        }
     }
 
-    /// The task, then the job, both in Redis before the 202. The job names
-    /// the exact component resolved here, so every host runs the same code.
+    /// The task and the job, in Redis in one script before the 202. The job
+    /// names the exact component resolved here, so every host runs the same
+    /// code.
     async fn hand_to_the_deployment(
         &self,
         cluster: &Cluster,
@@ -187,32 +201,29 @@ impl JobIntake {
         input: JobInput,
     ) -> Result<(), SubmitError> {
         let id = task.task_id;
-        self.store.insert(task.clone(), tenant.caps()).await.map_err(|e| self.refused(e))?;
         let envelope = Envelope { tenant: tenant.name.to_string(), task_id: id, matcher: matcher.pinned(), input };
         let uploaded = matcher.source == crate::registry::Source::Uploaded;
-        if let Err(err) = cluster.publish(&envelope, uploaded, self.store.ttl()).await {
-            let _ = self.store.remove(&tenant.name, id).await;
-            return Err(err.into());
-        }
+        cluster.publish(task.clone(), tenant.caps(), &envelope, uploaded).await.map_err(|e| self.refused(e))?;
         tracing::debug!(task_id = %id, tenant = %tenant.name, matcher = %matcher.name, "task accepted into the stream");
         Ok(())
     }
 
-    /// Ends the task of a job from the stream that cannot run anywhere.
-    async fn fail(&self, tenant: &str, id: TaskId, claim: StreamClaim, message: String) {
+    /// Ends the task of a job from the stream that cannot run anywhere: the
+    /// failure written and the entry done with, in one step.
+    async fn fail(&self, id: TaskId, claim: StreamClaim, message: String) {
         let failure = JobFailure::new(FailureKind::Unavailable, message);
-        if self.store.finish(tenant, id, TaskOutcome::Failed(failure)).await.is_ok() {
-            let _ = Box::new(claim).settle(id).await;
+        if let Err(err) = Box::new(claim).finish(id, TaskOutcome::Failed(failure)).await {
+            tracing::warn!(%err, task_id = %id, "could not fail a job that cannot run");
         }
     }
 }
 
 #[async_trait]
 impl crate::cluster::Intake for JobIntake {
-    /// Twice the workers, counting what the host already holds: enough to
-    /// keep every worker busy, and the rest stays for other hosts.
+    /// A job per worker and one more, counting what the host already
+    /// holds: every worker stays busy, and the rest stays for other hosts.
     fn room(&self) -> usize {
-        (2 * self.workers).saturating_sub(self.tracker.len())
+        (self.workers + 1).saturating_sub(self.tracker.len())
     }
 
     async fn wait_for_room(&self, timeout: Duration) {
@@ -231,7 +242,7 @@ impl crate::cluster::Intake for JobIntake {
         };
         let Some(owner) = self.tenants.get(&tenant).cloned() else {
             let consumer = self.cluster.as_ref().map(|c| c.consumer().to_string()).unwrap_or_default();
-            self.fail(&tenant, id, claim, format!("host {consumer} has no tenant '{tenant}'")).await;
+            self.fail(id, claim, format!("host {consumer} has no tenant '{tenant}'")).await;
             return;
         };
         let origin = Origin::Stream { task_id: id, claim };

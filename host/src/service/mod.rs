@@ -20,14 +20,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::jobs::{FollowedJobs, JobRunner, JobTracker};
 use crate::metrics::{MemoryHistory, MemorySample, Metrics, Present, View};
 use crate::registry::{
     LoadError, LoadStats, MatcherRef, MatcherRegistry, MatcherSummary, RegistryConfig, ResolveError,
 };
 use crate::runtime::{JobInput, LiveInstances, Sandbox, SandboxConfig};
-use crate::tasks::{Backend, Clock, MemoryStore, OnExpire, RedisStore, StoreError, Task, TaskId, TaskStore};
+use crate::tasks::{Backend, Clock, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskId, TaskStore};
 use crate::tenants::{AuthError, HostLimits, Tenant, Tenants};
 use intake::JobIntake;
 
@@ -50,6 +50,8 @@ pub struct Settings {
     pub registry: RegistryConfig,
     /// What the HTTP layer enforces before a request reaches the service.
     pub http: HttpLimits,
+    /// How hosts sharing a Redis share jobs.
+    pub cluster: ClusterConfig,
 }
 
 /// Caps the HTTP layer enforces.
@@ -120,14 +122,13 @@ impl Matchbox {
         let settings = settings.into();
         let stop = CancellationToken::new();
         let tenants = Arc::new(Tenants::load(settings.tenants_file.as_deref(), &settings.limits)?);
-        let cluster = open_cluster(&settings, &tenants)?;
-        let sandbox = Arc::new(Sandbox::new(settings.sandbox()).context("creating the wasm engine")?);
-        let registry = Arc::new(open_registry(&settings, &sandbox, &cluster).await?);
-        tenants.check_matchers(&registry.names())?;
         let clock = Clock::new();
         let metrics = Arc::new(Metrics::new(settings.tasks_high_water));
         let tracker = Arc::new(JobTracker::default());
-        let store = open_store(&settings, &tenants, clock, &tracker, &metrics, &stop).await?;
+        let (store, cluster) = open_store(&settings, &tenants, clock, &tracker, &metrics).await?;
+        let sandbox = Arc::new(Sandbox::new(settings.sandbox()).context("creating the wasm engine")?);
+        let registry = Arc::new(open_registry(&settings, &sandbox, &cluster).await?);
+        tenants.check_matchers(&registry.names())?;
         let jobs = JobRunner::start(
             settings.limits.workers,
             settings.limits.queue,
@@ -152,10 +153,13 @@ impl Matchbox {
             workers: settings.limits.workers,
         });
         if let Some(cluster) = &cluster {
-            tokio::spawn(crate::cluster::consume(cluster.clone(), intake.clone(), draining.clone()));
-            tokio::spawn(crate::cluster::follow_ended(cluster.clone(), followed.clone(), stop.clone()));
-            tokio::spawn(crate::cluster::sweep_followed(followed.clone(), store.clone(), stop.clone()));
-            tokio::spawn(crate::cluster::collect_components(cluster.clone(), stop.clone()));
+            use crate::cluster::{collect_components, consume, hear_events, renew_leases, sweep_followed};
+            let tracker = jobs.tracker().clone();
+            tokio::spawn(consume(cluster.clone(), intake.clone(), metrics.clone(), draining.clone()));
+            tokio::spawn(renew_leases(cluster.clone(), metrics.clone(), stop.clone()));
+            tokio::spawn(hear_events(cluster.clone(), followed.clone(), tracker, stop.clone()));
+            tokio::spawn(sweep_followed(followed.clone(), store.clone(), stop.clone()));
+            tokio::spawn(collect_components(cluster.clone(), stop.clone()));
         }
         let memory_history = MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600), stop.clone());
         Ok(Arc::new(Matchbox {
@@ -226,6 +230,13 @@ impl Matchbox {
             return Err(self.missing(id));
         }
         self.jobs.tracker().cancel(id);
+        if let Some(cluster) = &self.cluster {
+            // The host running it, if another, stops it at once; else when
+            // it next renews its lease on it.
+            if let Err(err) = cluster.announce_deleted(&tenant.name, id).await {
+                tracing::warn!(%err, task_id = %id, "could not announce a deletion to the other hosts");
+            }
+        }
         tracing::info!(task_id = %id, "task deleted by request");
         Ok(())
     }
@@ -398,17 +409,6 @@ impl Settings {
     }
 }
 
-/// The deployment this host joins, when the store is Redis.
-fn open_cluster(settings: &Settings, tenants: &Tenants) -> anyhow::Result<Option<Arc<Cluster>>> {
-    let Backend::Redis { url } = &settings.backend else { return Ok(None) };
-    // A shared job may sit unacknowledged for as long as the longest
-    // deadline of any tenant, plus a grace period; past that its host is
-    // taken to be gone.
-    let claim_after = tenants.all().iter().map(|t| t.quotas.deadline).max().unwrap_or(settings.limits.job_timeout)
-        + crate::cluster::CLAIM_GRACE;
-    Ok(Some(Arc::new(Cluster::open(url, &settings.redis_prefix, claim_after)?)))
-}
-
 async fn open_registry(
     settings: &Settings,
     sandbox: &Arc<Sandbox>,
@@ -418,48 +418,39 @@ async fn open_registry(
     MatcherRegistry::open(sandbox.clone(), RegistryConfig { share, ..settings.registry.clone() }).await
 }
 
-/// The task store. The memory store reports its expiries as they happen,
-/// and their jobs are cancelled then; a Redis store does not, so the host
-/// asks it about the jobs it runs instead.
+/// The task store and, with Redis, the deployment this host joins. The
+/// memory store reports its expiries as they happen, and their jobs are
+/// cancelled then; with Redis, the host finds the tasks of its jobs gone
+/// when it renews their leases, and hears of deletions on other hosts.
 async fn open_store(
     settings: &Settings,
     tenants: &Tenants,
     clock: Clock,
     tracker: &Arc<JobTracker>,
     metrics: &Arc<Metrics>,
-    stop: &CancellationToken,
-) -> anyhow::Result<Arc<dyn TaskStore>> {
-    match &settings.backend {
-        Backend::Memory => {
-            let on_expire: OnExpire = {
-                let (tracker, metrics) = (tracker.clone(), metrics.clone());
-                Arc::new(move |ids: &[TaskId]| {
-                    metrics.tasks_expired.inc_by(ids.len() as u64);
-                    for id in ids {
-                        // A job still queued or running for an expired task
-                        // stops now; its Store is dropped within one tick.
-                        if tracker.cancel(*id) {
-                            tracing::info!(task_id = %id, "task expired while its job was in flight; cancelled it");
-                        }
+) -> anyhow::Result<(Arc<dyn TaskStore>, Option<Arc<Cluster>>)> {
+    let Some(redis) = RedisConn::open(&settings.backend)? else {
+        let on_expire: OnExpire = {
+            let (tracker, metrics) = (tracker.clone(), metrics.clone());
+            Arc::new(move |ids: &[TaskId]| {
+                metrics.tasks_expired.inc_by(ids.len() as u64);
+                for id in ids {
+                    // A job still queued or running for an expired task
+                    // stops now; its Store is dropped within one tick.
+                    if tracker.cancel(*id) {
+                        tracing::info!(task_id = %id, "task expired while its job was in flight; cancelled it");
                     }
-                })
-            };
-            Ok(Arc::new(MemoryStore::new(settings.limits.max_tasks, settings.task_ttl, clock, on_expire)))
-        }
-        Backend::Redis { url } => {
-            let tenants = tenants.all().iter().map(|t| t.name.to_string()).collect();
-            let store = RedisStore::open(url, &settings.redis_prefix, tenants, settings.task_ttl)?;
-            if let Err(err) = store.check().await {
-                tracing::warn!(%err, "Redis does not answer yet; not ready until it does");
-            }
-            let store: Arc<dyn TaskStore> = Arc::new(store);
-            tokio::spawn(crate::jobs::stop_jobs_of_lost_tasks(
-                tracker.clone(),
-                store.clone(),
-                metrics.clone(),
-                stop.clone(),
-            ));
-            Ok(store)
-        }
+                }
+            })
+        };
+        let store = MemoryStore::new(settings.limits.max_tasks, settings.task_ttl, clock, on_expire);
+        return Ok((Arc::new(store), None));
+    };
+    let names: Vec<String> = tenants.all().iter().map(|t| t.name.to_string()).collect();
+    let store = Arc::new(RedisStore::open(redis, &settings.redis_prefix, names.clone(), settings.task_ttl));
+    if let Err(err) = store.check().await {
+        tracing::warn!(%err, "Redis does not answer yet; not ready until it does");
     }
+    let cluster = Cluster::open(store.clone(), tracker.clone(), &settings.redis_prefix, names, settings.cluster);
+    Ok((store, Some(Arc::new(cluster))))
 }

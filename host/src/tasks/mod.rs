@@ -25,7 +25,7 @@ use uuid::Uuid;
 pub use backend::Backend;
 pub use clock::Clock;
 pub use memory::{MemoryStore, OnExpire};
-pub use redis::RedisStore;
+pub use redis::{EntryFinish, EntryRef, RedisConn, RedisStore};
 
 use crate::runtime::JobFailure;
 /// One scored posting, as the guest returned it, checked, stored and served.

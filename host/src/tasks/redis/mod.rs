@@ -37,33 +37,38 @@
 //! checked in the insert script itself, so they hold across every host of a
 //! deployment, however many accept for the tenant at once.
 //!
-//! The connection is a [`ConnectionManager`]: it reconnects by itself. While
-//! Redis cannot be reached every call fails fast with
-//! [`StoreError::Unavailable`], which the API answers with 503 and
+//! The connection is a [`RedisConn`] (one Redis or a Redis Cluster): it
+//! reconnects by itself. While Redis cannot be reached every call fails fast
+//! with [`StoreError::Unavailable`], which the API answers with 503 and
 //! `/readyz` reports; nothing is cached or queued on the side.
+//!
+//! `stream.rs` adds what hosts sharing jobs need of the same keys: a task
+//! inserted with its job's stream entry, an outcome written with the
+//! entry's acknowledgement, in one script each.
+
+mod conn;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use time::OffsetDateTime;
 
+pub use conn::RedisConn;
+pub use stream::{EntryFinish, EntryRef};
+
 use super::{StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskResult, TaskStatus, TaskStore, TenantCaps};
 use crate::runtime::JobFailure;
-
-/// How long one Redis call may take before the store reports itself
-/// unavailable.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a refusal for a tenant's caps is remembered, to refuse the
 /// tenant's next requests before their bodies are read.
 const REFUSAL_MEMORY: Duration = Duration::from_millis(500);
 
 pub struct RedisStore {
-    redis: ConnectionManager,
+    redis: RedisConn,
     prefix: String,
     /// The tenants whose tasks `counts` adds up.
     tenants: Vec<String>,
@@ -80,6 +85,10 @@ struct Scripts {
     finish: Script,
     remove: Script,
     counts: Script,
+    insert_enqueue: Script,
+    finish_entry: Script,
+    drop_entry: Script,
+    fail_undelivered: Script,
 }
 
 /// The time on Redis's clock, in ms, as every script reads it.
@@ -91,24 +100,28 @@ end
 ";
 
 /// Counts the tenant's live tasks, refuses at either cap, else adds the
-/// task unless it exists.
+/// task unless it exists: 1 added, 0 exists, -1 tasks cap, -2 pending cap.
 /// KEYS: task, then the tenant's five status sets in `TaskStatus::ALL` order.
 /// ARGV: task JSON, ttl ms, tasks cap, pending cap, id.
-const INSERT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local t = now()
-local live = '(' .. t
-local open = redis.call('ZCOUNT', KEYS[2], live, '+inf') + redis.call('ZCOUNT', KEYS[3], live, '+inf')
-local held = open
-for i = 4, 6 do held = held + redis.call('ZCOUNT', KEYS[i], live, '+inf') end
-if held >= tonumber(ARGV[3]) then return -1 end
-if open >= tonumber(ARGV[4]) then return -2 end
-redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending')
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t)
-redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[5])
-return 1
+const INSERT_FN: &str = r"
+local function insert()
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+  local t = now()
+  local live = '(' .. t
+  local open = redis.call('ZCOUNT', KEYS[2], live, '+inf') + redis.call('ZCOUNT', KEYS[3], live, '+inf')
+  local held = open
+  for i = 4, 6 do held = held + redis.call('ZCOUNT', KEYS[i], live, '+inf') end
+  if held >= tonumber(ARGV[3]) then return -1 end
+  if open >= tonumber(ARGV[4]) then return -2 end
+  redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t)
+  redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[5])
+  return 1
+end
 ";
+
+const INSERT: &str = "return insert()";
 
 /// Moves member `id` from set `from` to set `to`, keeping its expiry (or
 /// taking it from the key's TTL if the member was lost), and drops expired
@@ -143,17 +156,22 @@ if s == 'pending' then move(KEYS[1], KEYS[2], KEYS[3], ARGV[2]) end
 return 1
 ";
 
-/// Pending or running to an end, once. KEYS: task, pending, running, target.
-/// ARGV: status, updated at, outcome JSON, id.
-const FINISH: &str = r"
-local s = redis.call('HGET', KEYS[1], 's')
-if s ~= 'pending' and s ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 's', ARGV[1], 'u', ARGV[2], 'o', ARGV[3])
-local from = KEYS[3]
-if s == 'pending' then from = KEYS[2] end
-move(KEYS[1], from, KEYS[4], ARGV[4])
-return 1
+/// Pending or running to an end, once: 1 written, 0 gone or ended.
+const FINISH_FN: &str = r"
+local function finish(task, pending, running, target, status, updated, outcome, id)
+  local s = redis.call('HGET', task, 's')
+  if s ~= 'pending' and s ~= 'running' then return 0 end
+  redis.call('HSET', task, 's', status, 'u', updated, 'o', outcome)
+  local from = running
+  if s == 'pending' then from = pending end
+  move(task, from, target, id)
+  return 1
+end
 ";
+
+/// KEYS: task, pending, running, target. ARGV: status, updated at, outcome
+/// JSON, id.
+const FINISH: &str = "return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
 
 /// KEYS: task, then the five status sets. ARGV: id.
 const REMOVE: &str = r"
@@ -174,6 +192,17 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("Redis: {err}"))
 }
 
+/// The outcome of a job as the task's hash keeps it.
+fn stored_outcome(outcome: &TaskOutcome) -> String {
+    match outcome {
+        TaskOutcome::Completed(rankings) => {
+            serde_json::to_string(&TaskResult { rankings: rankings.clone() }).expect("a result serialises")
+        }
+        TaskOutcome::Failed(error) => serde_json::to_string(error).expect("an error serialises"),
+        TaskOutcome::Cancelled => String::new(),
+    }
+}
+
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("Redis holds a task this host cannot read: {what}"))
 }
@@ -187,40 +216,44 @@ fn script(body: &str, helpers: &[&str]) -> Script {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://host:port/db`), under
-    /// `prefix`, for `tenants`. Does not wait for Redis: a host can start
-    /// while Redis is down, and is ready once it answers.
-    pub fn open(url: &str, prefix: &str, tenants: Vec<String>, ttl: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("{url}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-        Ok(RedisStore {
+    /// A store on the Redis `redis` reaches, under `prefix`, for `tenants`.
+    /// Does not wait for Redis: a host can start while Redis is down, and
+    /// is ready once it answers.
+    pub fn open(redis: RedisConn, prefix: &str, tenants: Vec<String>, ttl: Duration) -> Self {
+        RedisStore {
             redis,
             prefix: prefix.to_string(),
             tenants,
             ttl,
             scripts: Scripts {
-                insert: script(INSERT, &[NOW]),
+                insert: script(INSERT, &[NOW, INSERT_FN]),
                 start: script(START, &[NOW, MOVE]),
                 take_over: script(TAKE_OVER, &[NOW, MOVE]),
-                finish: script(FINISH, &[NOW, MOVE]),
+                finish: script(FINISH, &[NOW, MOVE, FINISH_FN]),
                 remove: Script::new(REMOVE),
                 counts: script(COUNTS, &[NOW]),
+                insert_enqueue: script(stream::INSERT_ENQUEUE, &[NOW, INSERT_FN]),
+                finish_entry: script(stream::FINISH_ENTRY, &[NOW, MOVE, FINISH_FN, stream::OWNED_FN]),
+                drop_entry: script(stream::DROP_ENTRY, &[stream::OWNED_FN]),
+                fail_undelivered: script(stream::FAIL_UNDELIVERED, &[NOW, MOVE, FINISH_FN]),
             },
             refusals: Mutex::default(),
-        })
+        }
     }
 
-    /// The hash tag of `tenant`'s keys.
-    fn tag(&self, tenant: &str) -> String {
+    /// The connection, for the layers that share the deployment's Redis.
+    pub fn conn(&self) -> &RedisConn {
+        &self.redis
+    }
+
+    /// The hash tag of `tenant`'s keys: every key of one tenant is in one
+    /// hash slot.
+    pub fn tag(&self, tenant: &str) -> String {
         format!("{{{}:{tenant}}}", self.prefix)
     }
 
-    fn key(&self, tenant: &str, id: TaskId) -> String {
+    /// The key of `tenant`'s task `id`.
+    pub fn key(&self, tenant: &str, id: TaskId) -> String {
         format!("{}:task:{id}", self.tag(tenant))
     }
 
@@ -282,6 +315,21 @@ impl RedisStore {
         Ok(TaskCounts { pending, running, completed, failed, cancelled })
     }
 
+    /// What an insert script's answer means; a refusal is remembered.
+    fn inserted(&self, tenant: &str, id: TaskId, caps: TenantCaps, code: i64) -> Result<(), StoreError> {
+        let refused = match code {
+            1 => {
+                self.refusals.lock().unwrap().remove(tenant);
+                return Ok(());
+            }
+            0 => return Err(StoreError::Duplicate(id)),
+            -1 => StoreError::TenantFull { tenant: tenant.to_string(), cap: caps.tasks },
+            _ => StoreError::OverQuota { tenant: tenant.to_string(), limit: caps.pending },
+        };
+        self.remember_refusal(tenant, &refused);
+        Err(refused)
+    }
+
     fn remember_refusal(&self, tenant: &str, refused: &StoreError) {
         let mut refusals = self.refusals.lock().unwrap();
         refusals.retain(|_, (at, _)| at.elapsed() < REFUSAL_MEMORY);
@@ -307,17 +355,7 @@ impl TaskStore for RedisStore {
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        let refused = match inserted {
-            1 => {
-                self.refusals.lock().unwrap().remove(&task.tenant);
-                return Ok(());
-            }
-            0 => return Err(StoreError::Duplicate(id)),
-            -1 => StoreError::TenantFull { tenant: task.tenant.clone(), cap: caps.tasks },
-            _ => StoreError::OverQuota { tenant: task.tenant.clone(), limit: caps.pending },
-        };
-        self.remember_refusal(&task.tenant, &refused);
-        Err(refused)
+        self.inserted(&task.tenant, id, caps, inserted)
     }
 
     /// A refusal of the last half second: enough to refuse a tenant that
@@ -359,13 +397,7 @@ impl TaskStore for RedisStore {
 
     async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
         let status = outcome.status();
-        let stored = match &outcome {
-            TaskOutcome::Completed(rankings) => {
-                serde_json::to_string(&TaskResult { rankings: rankings.clone() }).expect("a result serialises")
-            }
-            TaskOutcome::Failed(error) => serde_json::to_string(error).expect("an error serialises"),
-            TaskOutcome::Cancelled => String::new(),
-        };
+        let stored = stored_outcome(&outcome);
         let finished: i64 = self
             .scripts
             .finish
@@ -397,10 +429,13 @@ impl TaskStore for RedisStore {
         Ok(self.counts().await?.total() as usize)
     }
 
+    /// Every tenant's counts, asked at once (in a Redis Cluster, each on
+    /// its own shard and clock).
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
+        let each = futures_util::future::try_join_all(self.tenants.iter().map(|t| self.tenant_counts(t))).await?;
         let mut all = TaskCounts::default();
-        for tenant in &self.tenants {
-            all += self.tenant_counts(tenant).await?;
+        for counts in each {
+            all += counts;
         }
         Ok(all)
     }
@@ -436,10 +471,15 @@ mod tests {
         conformance::TENANTS.iter().map(|t| t.to_string()).collect()
     }
 
+    fn open(url: &str, prefix: &str, tenants: Vec<String>, ttl: Duration) -> RedisStore {
+        let backend = url.parse().unwrap();
+        RedisStore::open(RedisConn::open(&backend).unwrap().unwrap(), prefix, tenants, ttl)
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn passes_the_conformance_suite_against_a_real_redis() {
         conformance::run(|_capacity, ttl| async move {
-            let store = RedisStore::open(&test_redis(), &fresh_prefix(), tenants(), ttl).unwrap();
+            let store = open(&test_redis(), &fresh_prefix(), tenants(), ttl);
             store.check().await.expect("a Redis server for the tests (see .ci/run)");
             let store: Arc<dyn TaskStore> = Arc::new(store);
             store
@@ -451,7 +491,7 @@ mod tests {
     async fn keys_carry_native_ttls_that_updates_keep() {
         let prefix = fresh_prefix();
         let ttl = Duration::from_secs(60);
-        let store = RedisStore::open(&test_redis(), &prefix, vec!["acme".into()], ttl).unwrap();
+        let store = open(&test_redis(), &prefix, vec!["acme".into()], ttl);
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
         store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
@@ -474,7 +514,7 @@ mod tests {
     async fn a_lost_member_is_put_back_by_the_next_transition() {
         let prefix = fresh_prefix();
         let ttl = Duration::from_secs(60);
-        let store = RedisStore::open(&test_redis(), &prefix, vec!["acme".into()], ttl).unwrap();
+        let store = open(&test_redis(), &prefix, vec!["acme".into()], ttl);
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
         store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
@@ -488,7 +528,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn an_unreachable_redis_is_unavailable_not_a_panic() {
         // Nothing listens on port 1.
-        let store = RedisStore::open("redis://127.0.0.1:1", "matchbox", tenants(), Duration::from_secs(60)).unwrap();
+        let store = open("redis://127.0.0.1:1", "matchbox", tenants(), Duration::from_secs(60));
         assert!(matches!(store.check().await, Err(StoreError::Unavailable(_))));
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), store.ttl());
