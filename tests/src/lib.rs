@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+pub mod http;
 pub mod load;
 
 /// How long a host may take to answer `/healthz` after it starts.

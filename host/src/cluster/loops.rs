@@ -161,8 +161,12 @@ pub async fn hear_events(
             let mut words = message.split(' ');
             match (words.next(), words.next(), words.next().and_then(|id| id.parse().ok())) {
                 (Some("work"), _, _) => cluster.work.notify_one(),
-                (Some("ended"), _, Some(id)) => followed.ended(id),
-                (Some("deleted"), _, Some(id)) => {
+                (Some("ended"), Some(tenant), Some(id)) => {
+                    cluster.store.forget_refusal(tenant);
+                    followed.ended(id);
+                }
+                (Some("deleted"), Some(tenant), Some(id)) => {
+                    cluster.store.forget_refusal(tenant);
                     if tracker.cancel(id) {
                         tracing::info!(task_id = %id, "the task was deleted on another host; stopped its job");
                     }

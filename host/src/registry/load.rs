@@ -83,6 +83,15 @@ impl MatcherRegistry {
         bytes: Vec<u8>,
     ) -> Result<(Arc<Matcher>, bool), LoadError> {
         check_name(name)?;
+        // Whether the deployment already has the name, wherever it was
+        // uploaded: then this is a replacement.
+        let elsewhere = match &self.config.share {
+            Some(share) => share
+                .digest_of(access.owner.map(|o| &**o), name)
+                .await
+                .map_err(|e| LoadError::Storage(e.to_string()))?,
+            None => None,
+        };
         self.check_writable(access, name)?;
         self.check_upload_quota(access, name)?;
         let owner = access.owner.cloned();
@@ -90,6 +99,7 @@ impl MatcherRegistry {
         if let Some(existing) = self.get_owned(owner.as_ref(), name).filter(|m| m.digest == digest) {
             return Ok((existing, false));
         }
+        let known_elsewhere = elsewhere.is_some();
         // Compiling and `info()` take as long as the component makes them
         // take: no lock is held meanwhile, so one slow upload holds up no
         // other upload and no job.
@@ -129,7 +139,8 @@ impl MatcherRegistry {
         );
         let key_owner = matcher.owner.clone();
         let replaced = self.insert(matcher);
-        Ok((self.get_owned(key_owner.as_ref(), name).expect("just inserted"), replaced.is_none()))
+        let created = replaced.is_none() && !known_elsewhere;
+        Ok((self.get_owned(key_owner.as_ref(), name).expect("just inserted"), created))
     }
 
     /// Removes `access`'s upload `name`. Jobs running on it finish on it.

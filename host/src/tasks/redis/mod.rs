@@ -330,6 +330,12 @@ impl RedisStore {
         Err(refused)
     }
 
+    /// Forgets a refusal of `tenant`'s: one of its tasks ended or went, so
+    /// the next insert may well fit.
+    pub fn forget_refusal(&self, tenant: &str) {
+        self.refusals.lock().unwrap().remove(tenant);
+    }
+
     fn remember_refusal(&self, tenant: &str, refused: &StoreError) {
         let mut refusals = self.refusals.lock().unwrap();
         refusals.retain(|_, (at, _)| at.elapsed() < REFUSAL_MEMORY);
@@ -422,6 +428,9 @@ impl TaskStore for RedisStore {
         }
         let removed: i64 =
             invocation.arg(id.to_string()).invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
+        if removed == 1 {
+            self.forget_refusal(tenant);
+        }
         Ok(removed == 1)
     }
 
