@@ -229,10 +229,34 @@ async fn counts_match_a_scan_of_the_keys() {
             }
         }
     };
-    // A first round expires; a second one stays, with a job taken over from
-    // a host killed while running it.
+    let mut redis = redis::Client::open(SHARED_REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let scan = async |redis: &mut redis::aio::MultiplexedConnection| {
+        let pattern = format!("{{{prefix}:default}}:task:*");
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(redis).await.unwrap();
+        let mut scanned: std::collections::BTreeMap<String, u64> = Default::default();
+        for key in keys {
+            let status: Option<String> = redis::cmd("HGET").arg(&key).arg("s").query_async(redis).await.unwrap();
+            if let Some(status) = status {
+                *scanned.entry(status).or_default() += 1;
+            }
+        }
+        scanned
+    };
+    let same = async |host: &Host, scanned: &std::collections::BTreeMap<String, u64>| {
+        let (_, reported) = get(&client, host.url("/status"), None).await;
+        for status in ["pending", "running", "completed", "failed", "cancelled"] {
+            let want = scanned.get(status).copied().unwrap_or(0);
+            assert_eq!(reported["tasks"][status].as_u64(), Some(want), "{status}: the scan found {want}; {reported}");
+        }
+    };
+    // A first round expires: nothing is counted that Redis no longer holds.
     mix(&hosts).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let scanned = scan(&mut redis).await;
+    assert!(scanned.is_empty(), "{scanned:?}");
+    same(&hosts[1], &scanned).await;
+    // A second one stays, with a job taken over from a host killed while
+    // running it.
     mix(&hosts).await;
     let (_, taken) = post(&client, hosts[0].url("/jobs/match"), None, &job("misbehave", "busy-2000")).await;
     let taken = taken["task_id"].as_str().unwrap().to_string();
