@@ -8,7 +8,8 @@
 //!   ended, a task deleted);
 //! - [`sweep_followed`]: a rare check of the jobs the host accepted, for an
 //!   announcement missed while the subscription was down;
-//! - [`collect_components`]: deletes shared components nothing needs.
+//! - [`keep_tidy`]: deletes shared components nothing needs, and prunes the
+//!   status sets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +32,10 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 /// How often a host asks how the jobs it accepted are doing: the fallback
 /// for announcements missed while the subscription was down.
 const FOLLOW_EVERY: Duration = Duration::from_secs(5);
-/// How often a host deletes the components whose last job expired without
-/// ending.
-const COLLECT_EVERY: Duration = Duration::from_secs(60);
+/// How often a host tidies up: deletes the components whose last job
+/// expired without ending, and gives back the memory of expired tasks'
+/// members in the status sets.
+const TIDY_EVERY: Duration = Duration::from_secs(60);
 /// How long a loop waits after Redis failed it before trying again.
 const BACKOFF: Duration = Duration::from_millis(500);
 
@@ -201,15 +203,22 @@ pub async fn sweep_followed(followed: Arc<FollowedJobs>, store: Arc<dyn TaskStor
     }
 }
 
-/// Deletes, until `stop` fires, the shared components no name means and no
-/// job needs any more, whose jobs' hosts died before they ended.
-pub async fn collect_components(cluster: Arc<Cluster>, stop: CancellationToken) {
-    let mut every = Every::new(COLLECT_EVERY);
+/// Tidies up until `stop` fires: deletes the shared components no name
+/// means and no job needs any more (their jobs' hosts died before they
+/// ended), and drops expired tasks' members from the status sets (counts
+/// never include them; this gives their memory back).
+pub async fn keep_tidy(cluster: Arc<Cluster>, stop: CancellationToken) {
+    let mut every = Every::new(TIDY_EVERY);
     while every.tick(&stop).await {
         match cluster.collect_components().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "deleted shared components no job needs any more"),
             Err(err) => tracing::debug!(%err, "cannot collect the shared components"),
+        }
+        for tenant in &cluster.tenants {
+            if let Err(err) = cluster.store.prune(tenant).await {
+                tracing::debug!(%err, "cannot prune the status sets");
+            }
         }
     }
 }

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use loops::{Intake, collect_components, consume, hear_events, renew_leases, sweep_followed};
+pub use loops::{Intake, consume, hear_events, keep_tidy, renew_leases, sweep_followed};
 pub use stream::{Delivery, StreamClaim};
 
 use crate::jobs::JobTracker;
@@ -62,6 +62,10 @@ pub struct Envelope {
     pub task_id: TaskId,
     /// `name@sha256:<hex>`: the exact component the job was accepted for.
     pub matcher: MatcherRef,
+    /// Whether that component is an upload, whose bytes the deployment
+    /// keeps for the job.
+    #[serde(default)]
+    pub uploaded: bool,
     pub input: JobInput,
 }
 

@@ -20,7 +20,7 @@ use redis::{FromRedisValue, Script, Value};
 use super::{Cluster, Envelope, GROUP, unavailable};
 use crate::jobs::Claim;
 use crate::runtime::{FailureKind, JobFailure};
-use crate::tasks::{EntryFinish, EntryRef, StoreError, Task, TaskId, TaskOutcome, TenantCaps};
+use crate::tasks::{EntryFinish, EntryRef, StoreError, Task, TaskId, TaskOutcome, TaskStatus, TenantCaps};
 
 /// Renews this consumer's leases on entries of one stream: each entry it
 /// still holds gets its idle time reset; returns the entries it no longer
@@ -42,9 +42,11 @@ return {lost, gone}
 ";
 
 /// Claims, for this consumer, the entries of one stream idle for at least
-/// the lease; those already delivered `max` times are returned apart,
-/// unclaimed, to be failed. KEYS: stream. ARGV: group, consumer, lease ms,
-/// count, max deliveries.
+/// the lease, and marks their tasks running (pending or running before: the
+/// host that held them stopped renewing); those already delivered `max`
+/// times are returned apart, unclaimed, to be failed. KEYS: stream,
+/// pending, running. ARGV: group, consumer, lease ms, count, max
+/// deliveries, updated at, the tenant's key tag.
 const RECLAIM: &str = r"
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
 local claimed, spent = {}, {}
@@ -60,6 +62,16 @@ for _, p in ipairs(pending) do
   else
     for _, e in ipairs(redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])) do
       table.insert(claimed, e)
+      local fields, id = e[2], nil
+      for i = 1, #fields, 2 do if fields[i] == 'task' then id = fields[i + 1] end end
+      if id then
+        local task = ARGV[7] .. ':task:' .. id
+        local s = redis.call('HGET', task, 's')
+        if s == 'pending' or s == 'running' then
+          redis.call('HSET', task, 's', 'running', 'u', ARGV[6])
+          if s == 'pending' then move(task, KEYS[2], KEYS[3], id) end
+        end
+      end
     end
   end
 end
@@ -73,7 +85,7 @@ pub(super) struct Scripts {
 
 impl Default for Scripts {
     fn default() -> Self {
-        Scripts { renew: Script::new(RENEW), reclaim: Script::new(RECLAIM) }
+        Scripts { renew: Script::new(RENEW), reclaim: Script::new(&format!("{}{RECLAIM}", crate::tasks::move_lua())) }
     }
 }
 
@@ -188,18 +200,13 @@ fn entries(value: &Value) -> Vec<(String, Option<String>)> {
 
 impl Cluster {
     /// Inserts `task` and adds its job to its tenant's stream, in one script
-    /// (none of it if the tenant is at a cap). `uploaded`: the job's
-    /// matcher is an upload, whose bytes are then kept for the job until it
-    /// ends or its task expires.
-    pub async fn publish(
-        &self,
-        task: Task,
-        caps: TenantCaps,
-        envelope: &Envelope,
-        uploaded: bool,
-    ) -> Result<(), StoreError> {
+    /// (none of it if the tenant is at a cap). A job for an uploaded matcher
+    /// keeps its component's bytes until it ends or its task expires.
+    pub async fn publish(&self, task: Task, caps: TenantCaps, envelope: &Envelope) -> Result<(), StoreError> {
         let ttl = crate::tasks::TaskStore::ttl(&*self.store);
-        if uploaded && let Some(digest) = envelope.matcher.digest() {
+        if envelope.uploaded
+            && let Some(digest) = envelope.matcher.digest()
+        {
             self.need_component(digest, &envelope.tenant, envelope.task_id, ttl).await?;
         }
         let job = serde_json::to_string(envelope).expect("a job serialises");
@@ -248,7 +255,11 @@ impl Cluster {
             .entry(tenant.to_string())
             .or_default()
             .insert(id.clone(), Held { task, lost: lost.clone() });
-        let needs = envelope.as_ref().ok().and_then(|e| e.matcher.digest().map(|d| (e.task_id, d.to_string())));
+        let needs = envelope
+            .as_ref()
+            .ok()
+            .filter(|e| e.uploaded)
+            .and_then(|e| e.matcher.digest().map(|d| (e.task_id, d.to_string())));
         Delivery {
             envelope,
             claim: StreamClaim { cluster: self.clone(), tenant: tenant.to_string(), entry: id, reclaimed, lost, needs },
@@ -273,39 +284,21 @@ impl Cluster {
         };
         let reads = chosen.iter().map(|tenant| async move {
             self.join(tenant).await?;
-            let reply: Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(self.store.stream_key(tenant))
-                .arg(">")
-                .query_async(&mut self.redis.clone())
-                .await
-                .map_err(|e| {
-                    if e.code() == Some("NOGROUP") {
-                        // Redis lost the group (restarted without
-                        // persistence): make it again next time.
-                        self.joined.lock().unwrap().remove(tenant);
-                    }
-                    unavailable(e)
-                })?;
+            let reply = self.store.read_and_start(tenant, GROUP, &self.consumer, count).await.map_err(|e| {
+                if e.code() == Some("NOGROUP") {
+                    // Redis lost the group (restarted without persistence):
+                    // make it again next time.
+                    self.joined.lock().unwrap().remove(tenant);
+                }
+                unavailable(e)
+            })?;
             Ok::<_, StoreError>((tenant, reply))
         });
         let mut deliveries = Vec::new();
         for read in futures_util::future::join_all(reads).await {
             let (tenant, reply) = read?;
-            // `[[stream, [[id, fields], …]]]`, or nil when there was nothing.
-            let Value::Array(streams) = reply else { continue };
-            for stream in streams {
-                let Value::Array(pair) = stream else { continue };
-                if let Some(items) = pair.get(1) {
-                    for (id, job) in entries(items) {
-                        deliveries.push(self.hold(tenant, id, job, false));
-                    }
-                }
+            for (id, job) in entries(&reply) {
+                deliveries.push(self.hold(tenant, id, job, false));
             }
         }
         Ok((deliveries, streams))
@@ -327,11 +320,15 @@ impl Cluster {
                 .scripts
                 .reclaim
                 .key(self.store.stream_key(tenant))
+                .key(self.store.status_key(tenant, TaskStatus::Pending))
+                .key(self.store.status_key(tenant, TaskStatus::Running))
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg(lease)
                 .arg(want - deliveries.len())
                 .arg(self.config.max_deliveries)
+                .arg(time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap())
+                .arg(self.store.tag(tenant))
                 .invoke_async(&mut self.redis.clone())
                 .await
                 .map_err(unavailable)?;
@@ -381,7 +378,7 @@ impl Cluster {
             .await?;
         if failed {
             tracing::warn!(task_id = %id, tenant, deliveries = max, "a job no host could finish failed host_lost");
-            if let Some(digest) = envelope.matcher.digest() {
+            if let Some(digest) = envelope.matcher.digest().filter(|_| envelope.uploaded) {
                 self.release_component(digest, tenant, id).await?;
             }
         }

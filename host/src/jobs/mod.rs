@@ -178,8 +178,9 @@ async fn run_one(mut job: Job, w: &Worker) {
         }
         return;
     }
-    let reclaimed = claim.as_ref().is_some_and(|c| c.reclaimed());
-    let started = if reclaimed { store.take_over(&job.tenant, id).await } else { store.start(&job.tenant, id).await };
+    // A shared job's task was marked running when this host took the job
+    // (the read and the take-over do it in one script with the claim).
+    let started = if claim.is_some() { Ok(true) } else { store.start(&job.tenant, id).await };
     match started {
         Ok(true) => {}
         Ok(false) => return done_without_outcome(claim).await,

@@ -201,9 +201,14 @@ impl JobIntake {
         input: JobInput,
     ) -> Result<(), SubmitError> {
         let id = task.task_id;
-        let envelope = Envelope { tenant: tenant.name.to_string(), task_id: id, matcher: matcher.pinned(), input };
-        let uploaded = matcher.source == crate::registry::Source::Uploaded;
-        cluster.publish(task.clone(), tenant.caps(), &envelope, uploaded).await.map_err(|e| self.refused(e))?;
+        let envelope = Envelope {
+            tenant: tenant.name.to_string(),
+            task_id: id,
+            matcher: matcher.pinned(),
+            uploaded: matcher.source == crate::registry::Source::Uploaded,
+            input,
+        };
+        cluster.publish(task.clone(), tenant.caps(), &envelope).await.map_err(|e| self.refused(e))?;
         tracing::debug!(task_id = %id, tenant = %tenant.name, matcher = %matcher.name, "task accepted into the stream");
         Ok(())
     }
@@ -232,7 +237,7 @@ impl crate::cluster::Intake for JobIntake {
 
     async fn take(&self, delivery: Delivery) {
         let Delivery { envelope, claim } = delivery;
-        let Envelope { tenant, task_id: id, matcher, input } = match envelope {
+        let Envelope { tenant, task_id: id, matcher, input, .. } = match envelope {
             Ok(envelope) => envelope,
             Err(why) => {
                 tracing::warn!(entry = claim.entry(), %why, "dropping an unreadable job from the stream");

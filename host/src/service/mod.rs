@@ -153,13 +153,13 @@ impl Matchbox {
             workers: settings.limits.workers,
         });
         if let Some(cluster) = &cluster {
-            use crate::cluster::{collect_components, consume, hear_events, renew_leases, sweep_followed};
+            use crate::cluster::{consume, hear_events, keep_tidy, renew_leases, sweep_followed};
             let tracker = jobs.tracker().clone();
             tokio::spawn(consume(cluster.clone(), intake.clone(), metrics.clone(), draining.clone()));
             tokio::spawn(renew_leases(cluster.clone(), metrics.clone(), stop.clone()));
             tokio::spawn(hear_events(cluster.clone(), followed.clone(), tracker, stop.clone()));
             tokio::spawn(sweep_followed(followed.clone(), store.clone(), stop.clone()));
-            tokio::spawn(collect_components(cluster.clone(), stop.clone()));
+            tokio::spawn(keep_tidy(cluster.clone(), stop.clone()));
         }
         let memory_history = MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600), stop.clone());
         Ok(Arc::new(Matchbox {

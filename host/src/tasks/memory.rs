@@ -93,25 +93,6 @@ impl MemoryStore {
     }
 }
 
-impl MemoryStore {
-    /// Moves `tenant`'s task `id` to running if `from` accepts its status.
-    fn to_running(&self, tenant: &str, id: TaskId, from: impl Fn(TaskStatus) -> bool) -> bool {
-        let now = self.shared.clock.now();
-        let mut state = self.shared.state.lock().unwrap();
-        let state = &mut *state;
-        match state.tasks.get_mut(&id) {
-            Some(entry) if entry.task.tenant == tenant && from(entry.task.status) => {
-                // Pending and running are both open: the tenant's counts stay.
-                state.by_status.moved(entry.task.status, TaskStatus::Running);
-                entry.task.status = TaskStatus::Running;
-                entry.task.touch(now);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
 impl Drop for MemoryStore {
     fn drop(&mut self) {
         self.purge.abort();
@@ -233,11 +214,19 @@ impl TaskStore for MemoryStore {
     }
 
     async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        Ok(self.to_running(tenant, id, |status| status == TaskStatus::Pending))
-    }
-
-    async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        Ok(self.to_running(tenant, id, |status| !status.is_terminal()))
+        let now = self.shared.clock.now();
+        let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
+        match state.tasks.get_mut(&id) {
+            Some(entry) if entry.task.tenant == tenant && entry.task.status == TaskStatus::Pending => {
+                // Pending and running are both open: the tenant's counts stay.
+                state.by_status.moved(TaskStatus::Pending, TaskStatus::Running);
+                entry.task.status = TaskStatus::Running;
+                entry.task.touch(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {

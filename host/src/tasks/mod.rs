@@ -25,7 +25,7 @@ use uuid::Uuid;
 pub use backend::Backend;
 pub use clock::Clock;
 pub use memory::{MemoryStore, OnExpire};
-pub use redis::{EntryFinish, EntryRef, RedisConn, RedisStore};
+pub use redis::{EntryFinish, EntryRef, RedisConn, RedisStore, move_lua};
 
 use crate::runtime::JobFailure;
 /// One scored posting, as the guest returned it, checked, stored and served.
@@ -268,10 +268,6 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Pending to running. `Ok(false)` if the task is gone or not pending.
     async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
-
-    /// Pending or running to running: a host takes over a job another host
-    /// started and never finished. `Ok(false)` if the task is gone or ended.
-    async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
 
     /// The status of each of `tasks`, `None` for one that no longer exists
     /// (deleted, or expired): the host stops the jobs of those, and answers

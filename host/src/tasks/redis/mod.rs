@@ -81,11 +81,12 @@ pub struct RedisStore {
 struct Scripts {
     insert: Script,
     start: Script,
-    take_over: Script,
     finish: Script,
     remove: Script,
     counts: Script,
+    prune: Script,
     insert_enqueue: Script,
+    read_start: Script,
     finish_entry: Script,
     drop_entry: Script,
     fail_undelivered: Script,
@@ -124,18 +125,21 @@ end
 const INSERT: &str = "return insert()";
 
 /// Moves member `id` from set `from` to set `to`, keeping its expiry (or
-/// taking it from the key's TTL if the member was lost), and drops expired
-/// members of `to`.
+/// taking it from the key's TTL if the member was lost).
 const MOVE: &str = r"
 local function move(key, from, to, id)
-  local t = now()
   local score = redis.call('ZSCORE', from, id)
   redis.call('ZREM', from, id)
-  if not score then score = t + math.max(redis.call('PTTL', key), 0) end
-  redis.call('ZREMRANGEBYSCORE', to, '-inf', t)
+  if not score then score = now() + math.max(redis.call('PTTL', key), 0) end
   redis.call('ZADD', to, score, id)
 end
 ";
+
+/// The Lua of [`MOVE`] (with the clock it reads), for scripts of the
+/// layers above that move a task between its status sets.
+pub fn move_lua() -> String {
+    format!("{NOW}{MOVE}")
+}
 
 /// Pending to running, once. KEYS: task, pending, running.
 /// ARGV: updated at, id.
@@ -143,16 +147,6 @@ const START: &str = r"
 if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
 move(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
-return 1
-";
-
-/// Pending or running to running (a host taking over another's job).
-/// KEYS: task, pending, running. ARGV: updated at, id.
-const TAKE_OVER: &str = r"
-local s = redis.call('HGET', KEYS[1], 's')
-if s ~= 'pending' and s ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
-if s == 'pending' then move(KEYS[1], KEYS[2], KEYS[3], ARGV[2]) end
 return 1
 ";
 
@@ -178,6 +172,16 @@ const REMOVE: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
+";
+
+/// Drops the members of expired tasks from one tenant's five status sets
+/// (a count never includes them; this only gives their memory back).
+/// KEYS: the five sets.
+const PRUNE: &str = r"
+local t = now()
+local dropped = 0
+for i = 1, #KEYS do dropped = dropped + redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', t) end
+return dropped
 ";
 
 /// KEYS: one tenant's five status sets.
@@ -228,11 +232,12 @@ impl RedisStore {
             scripts: Scripts {
                 insert: script(INSERT, &[NOW, INSERT_FN]),
                 start: script(START, &[NOW, MOVE]),
-                take_over: script(TAKE_OVER, &[NOW, MOVE]),
                 finish: script(FINISH, &[NOW, MOVE, FINISH_FN]),
                 remove: Script::new(REMOVE),
                 counts: script(COUNTS, &[NOW]),
+                prune: script(PRUNE, &[NOW]),
                 insert_enqueue: script(stream::INSERT_ENQUEUE, &[NOW, INSERT_FN]),
+                read_start: script(stream::READ_START, &[NOW, MOVE]),
                 finish_entry: script(stream::FINISH_ENTRY, &[NOW, MOVE, FINISH_FN, stream::OWNED_FN]),
                 drop_entry: script(stream::DROP_ENTRY, &[stream::OWNED_FN]),
                 fail_undelivered: script(stream::FAIL_UNDELIVERED, &[NOW, MOVE, FINISH_FN]),
@@ -257,20 +262,23 @@ impl RedisStore {
         format!("{}:task:{id}", self.tag(tenant))
     }
 
-    fn set(&self, tenant: &str, status: TaskStatus) -> String {
+    /// The key of `tenant`'s set of tasks in `status`.
+    pub fn status_key(&self, tenant: &str, status: TaskStatus) -> String {
         format!("{}:s:{}", self.tag(tenant), status.as_str())
     }
 
     fn sets(&self, tenant: &str) -> Vec<String> {
-        TaskStatus::ALL.iter().map(|s| self.set(tenant, *s)).collect()
+        TaskStatus::ALL.iter().map(|s| self.status_key(tenant, *s)).collect()
     }
 
-    /// Runs `script` (START or TAKE_OVER), which moves a task to running.
-    async fn to_running(&self, script: &Script, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        let moved: i64 = script
+    /// Runs START, which moves a task to running.
+    async fn to_running(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
+        let moved: i64 = self
+            .scripts
+            .start
             .key(self.key(tenant, id))
-            .key(self.set(tenant, TaskStatus::Pending))
-            .key(self.set(tenant, TaskStatus::Running))
+            .key(self.status_key(tenant, TaskStatus::Pending))
+            .key(self.status_key(tenant, TaskStatus::Running))
             .arg(rfc3339(OffsetDateTime::now_utc()))
             .arg(id.to_string())
             .invoke_async(&mut self.redis.clone())
@@ -336,6 +344,16 @@ impl RedisStore {
         self.refusals.lock().unwrap().remove(tenant);
     }
 
+    /// Gives back the memory of `tenant`'s expired tasks' members in the
+    /// status sets; how many were dropped.
+    pub async fn prune(&self, tenant: &str) -> Result<u64, StoreError> {
+        let mut invocation = self.scripts.prune.prepare_invoke();
+        for set in self.sets(tenant) {
+            invocation.key(set);
+        }
+        invocation.invoke_async(&mut self.redis.clone()).await.map_err(unavailable)
+    }
+
     fn remember_refusal(&self, tenant: &str, refused: &StoreError) {
         let mut refusals = self.refusals.lock().unwrap();
         refusals.retain(|_, (at, _)| at.elapsed() < REFUSAL_MEMORY);
@@ -379,11 +397,7 @@ impl TaskStore for RedisStore {
     }
 
     async fn start(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        self.to_running(&self.scripts.start, tenant, id).await
-    }
-
-    async fn take_over(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
-        self.to_running(&self.scripts.take_over, tenant, id).await
+        self.to_running(tenant, id).await
     }
 
     async fn statuses(&self, tasks: &[(String, TaskId)]) -> Result<Vec<Option<TaskStatus>>, StoreError> {
@@ -408,9 +422,9 @@ impl TaskStore for RedisStore {
             .scripts
             .finish
             .key(self.key(tenant, id))
-            .key(self.set(tenant, TaskStatus::Pending))
-            .key(self.set(tenant, TaskStatus::Running))
-            .key(self.set(tenant, status))
+            .key(self.status_key(tenant, TaskStatus::Pending))
+            .key(self.status_key(tenant, TaskStatus::Running))
+            .key(self.status_key(tenant, status))
             .arg(status.as_str())
             .arg(rfc3339(OffsetDateTime::now_utc()))
             .arg(stored)
@@ -527,8 +541,12 @@ mod tests {
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
         store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
-        let _: i64 =
-            store.redis.clone().zrem(store.set("acme", TaskStatus::Pending), task.task_id.to_string()).await.unwrap();
+        let _: i64 = store
+            .redis
+            .clone()
+            .zrem(store.status_key("acme", TaskStatus::Pending), task.task_id.to_string())
+            .await
+            .unwrap();
         assert_eq!(store.counts().await.unwrap().total(), 0);
         assert!(store.start("acme", task.task_id).await.unwrap());
         assert_eq!(store.counts().await.unwrap().running, 1, "the member is back, in its new set");

@@ -30,9 +30,33 @@ end
 pub(super) const INSERT_ENQUEUE: &str = r"
 local inserted = insert()
 if inserted ~= 1 then return inserted end
-redis.call('XADD', KEYS[7], '*', 'job', ARGV[6])
+redis.call('XADD', KEYS[7], '*', 'task', ARGV[5], 'job', ARGV[6])
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 1
+";
+
+/// Reads up to `count` new entries of a tenant's stream for `consumer`, and
+/// marks the task of each running (it is about to start: a host reads only
+/// what it can start soon). Returns the entries, `[[id, fields], …]`.
+/// KEYS: stream, pending, running. ARGV: group, consumer, count, updated
+/// at, the tenant's key tag.
+pub(super) const READ_START: &str = r"
+local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if not read then return {} end
+local entries = read[1][2]
+for _, e in ipairs(entries) do
+  local fields, id = e[2], nil
+  for i = 1, #fields, 2 do if fields[i] == 'task' then id = fields[i + 1] end end
+  if id then
+    -- The task's key is in the stream's hash slot (the same tag).
+    local task = ARGV[5] .. ':task:' .. id
+    if redis.call('HGET', task, 's') == 'pending' then
+      redis.call('HSET', task, 's', 'running', 'u', ARGV[4])
+      move(task, KEYS[2], KEYS[3], id)
+    end
+  end
+end
+return entries
 ";
 
 /// An outcome written by the entry's holder, the entry acknowledged and
@@ -136,6 +160,30 @@ impl RedisStore {
         self.inserted(&task.tenant, id, caps, inserted)
     }
 
+    /// Reads up to `count` new entries of `tenant`'s stream for `consumer` of
+    /// `group`, marking their tasks running, in one script. The reply is
+    /// the entries as `XRANGE` gives them.
+    pub async fn read_and_start(
+        &self,
+        tenant: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<redis::Value, redis::RedisError> {
+        self.scripts
+            .read_start
+            .key(self.stream_key(tenant))
+            .key(self.status_key(tenant, TaskStatus::Pending))
+            .key(self.status_key(tenant, TaskStatus::Running))
+            .arg(group)
+            .arg(consumer)
+            .arg(count)
+            .arg(super::rfc3339(time::OffsetDateTime::now_utc()))
+            .arg(self.tag(tenant))
+            .invoke_async(&mut self.redis.clone())
+            .await
+    }
+
     /// Writes the outcome of `tenant`'s job `id`, whose entry `entry` holds,
     /// acknowledges and deletes the entry and publishes `announcement` on
     /// `channel`, in one script, if `entry.consumer` still holds it.
@@ -153,9 +201,9 @@ impl RedisStore {
             .scripts
             .finish_entry
             .key(self.key(tenant, id))
-            .key(self.set(tenant, TaskStatus::Pending))
-            .key(self.set(tenant, TaskStatus::Running))
-            .key(self.set(tenant, status))
+            .key(self.status_key(tenant, TaskStatus::Pending))
+            .key(self.status_key(tenant, TaskStatus::Running))
+            .key(self.status_key(tenant, status))
             .key(self.stream_key(tenant))
             .arg(status.as_str())
             .arg(super::rfc3339(time::OffsetDateTime::now_utc()))
@@ -212,9 +260,9 @@ impl RedisStore {
             .scripts
             .fail_undelivered
             .key(self.key(tenant, id))
-            .key(self.set(tenant, TaskStatus::Pending))
-            .key(self.set(tenant, TaskStatus::Running))
-            .key(self.set(tenant, TaskStatus::Failed))
+            .key(self.status_key(tenant, TaskStatus::Pending))
+            .key(self.status_key(tenant, TaskStatus::Running))
+            .key(self.status_key(tenant, TaskStatus::Failed))
             .key(self.stream_key(tenant))
             .arg(super::rfc3339(time::OffsetDateTime::now_utc()))
             .arg(serde_json::to_string(failure).expect("a failure serialises"))
