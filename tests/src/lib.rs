@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 
 pub mod http;
 pub mod load;
+mod servers;
+
+pub use servers::{Connection, RedisCluster, RedisServer};
 
 /// How long a host may take to answer `/healthz` after it starts.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -139,74 +142,5 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A `redis-server` of a test's own, on a free loopback port, keeping
-/// nothing on disk: for tests that stop or restart Redis, which must never
-/// touch the shared server on 6379. Dropping it kills the server.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    /// Its data directory, when it persists.
-    dir: Option<tempfile::TempDir>,
-}
-
-impl RedisServer {
-    /// A server that keeps nothing.
-    pub async fn start() -> anyhow::Result<RedisServer> {
-        let mut server = RedisServer { port: free_port(), child: None, dir: None };
-        server.restart().await?;
-        Ok(server)
-    }
-
-    /// A server that writes every change to its append-only file before
-    /// answering, so a restart loses nothing it acknowledged.
-    pub async fn start_persistent() -> anyhow::Result<RedisServer> {
-        let mut server = RedisServer { port: free_port(), child: None, dir: Some(tempfile::tempdir()?) };
-        server.restart().await?;
-        Ok(server)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server at once, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        let mut command = Command::new("redis-server");
-        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
-        match &self.dir {
-            Some(dir) => command.args(["--appendonly", "yes", "--appendfsync", "always"]).arg("--dir").arg(dir.path()),
-            None => command.args(["--appendonly", "no"]),
-        };
-        let child = command
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting redis-server (install Debian's redis-server package, as .ci/run does)")?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            if tokio::time::Instant::now() > deadline {
-                bail!("redis-server did not listen on port {} within 10 s", self.port);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -1,30 +1,92 @@
-//! What several hosts on one Redis guarantee, shown with real processes:
-//! a job runs once however long it waits, a job that kills its hosts ends,
-//! tenants are served fairly and held to their quotas across hosts, a job
-//! keeps the component it was accepted for, and the counts match the keys.
-//! Each test has a key prefix of its own on the shared Redis.
+//! What several hosts sharing a deployment guarantee, shown with real
+//! processes, on one Redis and on a Redis Cluster alike: hosts share tasks,
+//! jobs and matchers; a job runs once however long it waits, is completed
+//! by another host when its own dies or leaves, and ends when it kills its
+//! hosts; tenants are served fairly and held to their quotas across hosts;
+//! a job keeps the component it was accepted for, whose bytes go once
+//! nothing needs them; expiry stops a job wherever it runs; the counts match
+//! the keys. Every scenario runs on both stores (`on_redis::…`,
+//! `on_redis_cluster::…`); a last test kills a cluster primary mid-run.
 
 use std::path::Path;
 use std::time::Duration;
 
 use matchbox::tenants::file::{self, NewTenant};
-use matchbox_tests::Host;
 use matchbox_tests::http::{
     eventually, get, job, jobs_run, live_instances, metric, post, task_status, upload_misbehave,
 };
+use matchbox_tests::{Connection, Host, RedisCluster};
 use serde_json::Value;
 
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
-
-fn prefix() -> String {
-    format!("matchbox-deploy-{}-{}", std::process::id(), matchbox_tests::free_port())
+/// Where a deployment's hosts keep what they share: a key prefix of its own
+/// on the shared Redis (127.0.0.1:6379), or a three-primary Redis Cluster
+/// of its own.
+struct Deployment {
+    store: String,
+    prefix: String,
+    _cluster: Option<RedisCluster>,
 }
 
-async fn on_redis(prefix: &str, extra: &[&str]) -> Host {
-    let mut args = vec!["--store", SHARED_REDIS, "--redis-prefix", prefix];
-    args.extend(extra);
-    Host::start(&args).await.unwrap()
+impl Deployment {
+    fn new(store: String, cluster: Option<RedisCluster>) -> Deployment {
+        let prefix = format!("matchbox-deploy-{}-{}", std::process::id(), matchbox_tests::free_port());
+        Deployment { store, prefix, _cluster: cluster }
+    }
+
+    fn redis() -> Deployment {
+        Deployment::new("redis://127.0.0.1:6379".into(), None)
+    }
+
+    async fn cluster() -> Deployment {
+        let cluster = RedisCluster::start(3, 0).await.unwrap();
+        Deployment::new(cluster.url(), Some(cluster))
+    }
+
+    /// A host of the deployment, started with `extra` flags.
+    async fn host(&self, extra: &[&str]) -> Host {
+        let mut args = vec!["--store", &self.store, "--redis-prefix", &self.prefix];
+        args.extend(extra);
+        Host::start(&args).await.unwrap()
+    }
+
+    /// A connection to the store, to look at the keys the hosts left.
+    async fn connection(&self) -> Connection {
+        Connection::open(&self.store).await.unwrap()
+    }
 }
+
+/// Every scenario, as a test on the shared Redis and one on a Redis
+/// Cluster.
+macro_rules! on_every_store {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_redis {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $scenario() {
+                super::$scenario(super::Deployment::redis()).await
+            })*
+        }
+        mod on_redis_cluster {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $scenario() {
+                super::$scenario(super::Deployment::cluster().await).await
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    hosts_share_tasks_jobs_and_matchers,
+    a_job_runs_once_however_long_it_waits_and_runs,
+    a_job_whose_host_dies_is_completed_by_another,
+    a_draining_host_hands_its_unfinished_jobs_back,
+    a_job_that_kills_its_hosts_fails_host_lost,
+    a_flood_does_not_delay_another_tenants_job_across_hosts,
+    quotas_are_the_deployments_not_each_hosts,
+    accepted_jobs_keep_their_component,
+    component_bytes_go_when_nothing_needs_them,
+    a_job_whose_task_expires_is_stopped,
+    counts_match_a_scan_of_the_keys,
+);
 
 /// A tenants file in `dir` with `tenants`; their keys, in order.
 fn tenants_file(dir: &Path, tenants: &[(&str, NewTenant)]) -> (String, Vec<String>) {
@@ -38,13 +100,184 @@ fn task_id(reply: &(u16, Value)) -> String {
     reply.1["task_id"].as_str().unwrap().to_string()
 }
 
+/// Tasks written on one host are read on the other, a matcher uploaded on
+/// one runs on both, jobs submitted on one run on both, and a task deleted
+/// through the host that is not running it is stopped where it runs.
+async fn hosts_share_tasks_jobs_and_matchers(d: Deployment) {
+    let hosts = [d.host(&["--workers", "1"]).await, d.host(&["--workers", "1"]).await];
+    let [a, b] = &hosts;
+    let client = reqwest::Client::new();
+
+    let (_, done) = post(&client, a.url("/jobs/match?wait=30s"), None, &job("skills", "ada")).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let id = done["task_id"].as_str().unwrap();
+    assert_eq!(get(&client, b.url(&format!("/tasks/{id}")), None).await.1, done, "b serves the task a wrote");
+
+    upload_misbehave(&client, b, "misbehave", None).await;
+    let (_, ran) = post(&client, a.url("/jobs/match?wait=30s"), None, &job("misbehave", "ada")).await;
+    assert_eq!(ran["status"], "completed", "{ran}");
+
+    let before = [jobs_run(&client, a).await, jobs_run(&client, b).await];
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(task_id(&post(&client, a.url("/jobs/match"), None, &job("misbehave", "slow")).await));
+    }
+    for id in &ids {
+        eventually("the slow jobs to complete", async || {
+            task_status(&client, b, id, None).await.as_deref() == Some("completed")
+        })
+        .await;
+    }
+    let ran = [jobs_run(&client, a).await - before[0], jobs_run(&client, b).await - before[1]];
+    assert_eq!(ran[0] + ran[1], 12);
+    assert!(ran[0] > 0 && ran[1] > 0, "both hosts ran some of the jobs: {ran:?}");
+
+    let id = task_id(&post(&client, a.url("/jobs/match"), None, &job("misbehave", "loop")).await);
+    let runner = running_on(&client, &hosts).await;
+    let other = &hosts[1 - runner];
+    assert_eq!(client.delete(other.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 204);
+    eventually("the running host to stop the deleted job", async || live_instances(&client, &hosts[runner]).await == 0)
+        .await;
+    assert_eq!(get(&client, hosts[runner].url(&format!("/tasks/{id}")), None).await.0, 404);
+
+    let (_, counts) = get(&client, b.url("/status"), None).await;
+    assert_eq!(counts["tasks"]["completed"], 14, "one table, counted from either host: {counts}");
+}
+
+/// Which of `hosts` runs the one job running, once it runs.
+async fn running_on(client: &reqwest::Client, hosts: &[Host]) -> usize {
+    let mut runner = 0;
+    eventually("the job to start on a host", async || {
+        for (i, host) in hosts.iter().enumerate() {
+            if live_instances(client, host).await == 1 {
+                runner = i;
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    runner
+}
+
+/// Uploads `misbehave` to `host`, submits a job that computes for 1.5 s,
+/// and returns its task id once the job is running there.
+async fn start_busy_job(client: &reqwest::Client, host: &Host) -> String {
+    upload_misbehave(client, host, "misbehave", None).await;
+    let id = task_id(&post(client, host.url("/jobs/match"), None, &job("misbehave", "busy-1500")).await);
+    eventually("the job to start", async || live_instances(client, host).await == 1).await;
+    id
+}
+
+/// A host killed in the middle of a job: another host takes the job over
+/// once its lease lapses, and completes it.
+async fn a_job_whose_host_dies_is_completed_by_another(d: Deployment) {
+    let flags = ["--workers", "1", "--lease", "1s"];
+    let doomed = d.host(&flags).await;
+    let client = reqwest::Client::new();
+    let id = start_busy_job(&client, &doomed).await;
+    drop(doomed); // SIGKILL, mid-job
+
+    let survivor = d.host(&flags).await;
+    assert_eq!(task_status(&client, &survivor, &id, None).await.as_deref(), Some("running"));
+    eventually("the survivor to complete the job", async || {
+        task_status(&client, &survivor, &id, None).await.as_deref() == Some("completed")
+    })
+    .await;
+    assert_eq!(jobs_run(&client, &survivor).await, 1, "the survivor ran it");
+    assert_eq!(metric(&client, &survivor, "matchbox_jobs_taken_over_total").await, 1);
+}
+
+/// SIGTERM while a shared job runs past the drain timeout: the host hands
+/// the job back instead of cancelling its task, and another host runs it.
+async fn a_draining_host_hands_its_unfinished_jobs_back(d: Deployment) {
+    let flags = ["--workers", "1", "--drain-timeout", "200ms"];
+    let leaving = d.host(&flags).await;
+    let client = reqwest::Client::new();
+    let id = start_busy_job(&client, &leaving).await;
+    let staying = d.host(&flags).await;
+    assert!(leaving.terminate().await.unwrap().success());
+
+    assert_eq!(task_status(&client, &staying, &id, None).await.as_deref(), Some("running"), "handed back");
+    eventually("the other host to complete the job", async || {
+        task_status(&client, &staying, &id, None).await.as_deref() == Some("completed")
+    })
+    .await;
+}
+
+/// A job runs on whichever host took it; when its task's time to live
+/// lapses in the store, that host stops it, and the task is gone on both.
+async fn a_job_whose_task_expires_is_stopped(d: Deployment) {
+    let flags = ["--task-ttl", "2s", "--job-timeout", "1h"];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
+    let client = reqwest::Client::new();
+    upload_misbehave(&client, &hosts[0], "misbehave", None).await;
+    let id = task_id(&post(&client, hosts[0].url("/jobs/match"), None, &job("misbehave", "loop")).await);
+    let live = async || live_instances(&client, &hosts[0]).await + live_instances(&client, &hosts[1]).await;
+    eventually("the job to start on a host", async || live().await == 1).await;
+    // The store deletes the key after 2 s; the host running the job notices.
+    eventually("the expired task's job to stop", async || live().await == 0).await;
+    for host in &hosts {
+        assert_eq!(get(&client, host.url(&format!("/tasks/{id}")), None).await.0, 410, "the task expired");
+    }
+}
+
+/// Whether the deployment keeps the bytes of component `digest`.
+async fn component_kept(d: &Deployment, redis: &mut Connection, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    let key = format!("{{{}:c:{hex}}}:bytes", d.prefix);
+    redis::cmd("EXISTS").arg(key).query_async::<i64>(redis).await.unwrap() == 1
+}
+
+/// `misbehave`'s bytes with a custom section named `tag`: another digest,
+/// the same matcher.
+fn misbehave_tagged(tag: u8) -> Vec<u8> {
+    let mut bytes = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
+    bytes.extend_from_slice(&[0, 2, 1, tag]);
+    bytes
+}
+
+/// Component bytes kept in the store live exactly as long as a name means
+/// them or an accepted job needs them: replaced on one host, removed on the
+/// other, and kept for a job that was running on the old one.
+async fn component_bytes_go_when_nothing_needs_them(d: Deployment) {
+    let hosts = [d.host(&[]).await, d.host(&[]).await];
+    let [a, b] = &hosts;
+    let client = reqwest::Client::new();
+    let mut redis = d.connection().await;
+    let put = async |host: &Host, bytes: Vec<u8>| -> String {
+        let reply = client.put(host.url("/matchers/m")).body(bytes).send().await.unwrap();
+        assert!(reply.status().is_success(), "{}", reply.status());
+        let body: Value = reply.json().await.unwrap();
+        body["digest"].as_str().unwrap().to_string()
+    };
+
+    let first = put(a, misbehave_tagged(b'1')).await;
+    assert!(component_kept(&d, &mut redis, &first).await);
+    let second = put(b, misbehave_tagged(b'2')).await;
+    assert!(!component_kept(&d, &mut redis, &first).await, "replaced, and no job needs it");
+    assert!(component_kept(&d, &mut redis, &second).await);
+
+    // A job runs on the second; the name moves on while it runs.
+    let id = task_id(&post(&client, a.url("/jobs/match"), None, &job("m", "busy-1500")).await);
+    running_on(&client, &hosts).await;
+    let third = put(b, misbehave_tagged(b'3')).await;
+    assert!(component_kept(&d, &mut redis, &second).await, "the running job still needs it");
+    eventually("the job to complete", async || {
+        task_status(&client, a, &id, None).await.as_deref() == Some("completed")
+    })
+    .await;
+    eventually("the job's component to go", async || !component_kept(&d, &mut redis, &second).await).await;
+
+    assert_eq!(client.delete(a.url("/matchers/m")).send().await.unwrap().status(), 204);
+    assert!(!component_kept(&d, &mut redis, &third).await, "removed, and no job needs it");
+}
+
 /// Two hosts of one worker each, jobs that wait and run three times longer
 /// than the lease: every task runs exactly once, and no job is taken over.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_job_runs_once_however_long_it_waits_and_runs() {
-    let prefix = prefix();
+async fn a_job_runs_once_however_long_it_waits_and_runs(d: Deployment) {
     let flags = ["--workers", "1", "--lease", "1s"];
-    let hosts = [on_redis(&prefix, &flags).await, on_redis(&prefix, &flags).await];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "misbehave", None).await;
     let mut ids = Vec::new();
@@ -67,29 +300,18 @@ async fn a_job_runs_once_however_long_it_waits_and_runs() {
 /// A job that never ends (a loop), and every host that runs it killed, one
 /// after another: after `--max-deliveries` hosts, its task fails
 /// `host_lost` and the hosts left keep serving.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_job_that_kills_its_hosts_fails_host_lost() {
-    let prefix = prefix();
+async fn a_job_that_kills_its_hosts_fails_host_lost(d: Deployment) {
     let flags = ["--lease", "1s", "--max-deliveries", "3", "--job-timeout", "1h"];
-    let mut hosts = vec![on_redis(&prefix, &flags).await, on_redis(&prefix, &flags).await];
+    let mut hosts = vec![d.host(&flags).await, d.host(&flags).await];
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "misbehave", None).await;
     let id = task_id(&post(&client, hosts[0].url("/jobs/match"), None, &job("misbehave", "loop")).await);
-    for delivery in 1..=3 {
-        let mut runner = None;
-        eventually(&format!("delivery {delivery} to start on a host"), async || {
-            for (i, host) in hosts.iter().enumerate() {
-                if live_instances(&client, host).await == 1 {
-                    runner = Some(i);
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        // Killed as if the job had killed it; a fresh host joins.
-        drop(hosts.remove(runner.unwrap()));
-        hosts.push(on_redis(&prefix, &flags).await);
+    for _ in 0..3 {
+        // A delivery runs; its host is killed as if the job had killed it,
+        // and a fresh host joins.
+        let runner = running_on(&client, &hosts).await;
+        drop(hosts.remove(runner));
+        hosts.push(d.host(&flags).await);
     }
     let mut task = Value::Null;
     eventually("the task to fail host_lost", async || {
@@ -113,13 +335,11 @@ async fn a_job_that_kills_its_hosts_fails_host_lost() {
 /// Tenant a floods the deployment with jobs through one host; tenant b's
 /// one job, submitted after through the other, is not queued behind the
 /// flood: when it has ended, all but a few of a's jobs still wait.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_flood_does_not_delay_another_tenants_job_across_hosts() {
+async fn a_flood_does_not_delay_another_tenants_job_across_hosts(d: Deployment) {
     let dir = tempfile::tempdir().unwrap();
     let (config, keys) = tenants_file(dir.path(), &[("a", NewTenant::default()), ("b", NewTenant::default())]);
-    let prefix = prefix();
     let flags = ["--workers", "1", "--config", &config];
-    let hosts = [on_redis(&prefix, &flags).await, on_redis(&prefix, &flags).await];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
     let (a, b) = (Some(keys[0].as_str()), Some(keys[1].as_str()));
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "misbehave", a).await;
@@ -149,14 +369,12 @@ async fn a_flood_does_not_delay_another_tenants_job_across_hosts() {
 
 /// A tenant's pending quota holds for the deployment: its submissions spread
 /// over two hosts get the quota once.
-#[tokio::test(flavor = "multi_thread")]
-async fn quotas_are_the_deployments_not_each_hosts() {
+async fn quotas_are_the_deployments_not_each_hosts(d: Deployment) {
     let dir = tempfile::tempdir().unwrap();
     let quota = NewTenant { pending_tasks: Some(2), ..NewTenant::default() };
     let (config, keys) = tenants_file(dir.path(), &[("a", quota)]);
-    let prefix = prefix();
     let flags = ["--config", &config, "--job-timeout", "1h"];
-    let hosts = [on_redis(&prefix, &flags).await, on_redis(&prefix, &flags).await];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
     let a = Some(keys[0].as_str());
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "misbehave", a).await;
@@ -176,11 +394,9 @@ async fn quotas_are_the_deployments_not_each_hosts() {
 /// Ten jobs accepted for a matcher wait behind busy workers when the
 /// matcher is replaced (by a component that answers differently): all ten
 /// complete, on the component they were accepted for.
-#[tokio::test(flavor = "multi_thread")]
-async fn accepted_jobs_keep_their_component() {
-    let prefix = prefix();
+async fn accepted_jobs_keep_their_component(d: Deployment) {
     let flags = ["--workers", "1"];
-    let hosts = [on_redis(&prefix, &flags).await, on_redis(&prefix, &flags).await];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "m", None).await;
     for _ in 0..2 {
@@ -208,11 +424,9 @@ async fn accepted_jobs_keep_their_component() {
 
 /// The counts the hosts report are the tasks Redis holds, after a mix of
 /// completed, failed, cancelled, expired and taken-over jobs.
-#[tokio::test(flavor = "multi_thread")]
-async fn counts_match_a_scan_of_the_keys() {
-    let prefix = prefix();
+async fn counts_match_a_scan_of_the_keys(d: Deployment) {
     let flags = ["--task-ttl", "4s", "--lease", "1s", "--job-timeout", "1h"];
-    let mut hosts = vec![on_redis(&prefix, &flags).await, on_redis(&prefix, &flags).await];
+    let mut hosts = vec![d.host(&flags).await, d.host(&flags).await];
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "misbehave", None).await;
     // Two complete, two fail, two are deleted while they run.
@@ -229,9 +443,9 @@ async fn counts_match_a_scan_of_the_keys() {
             }
         }
     };
-    let mut redis = redis::Client::open(SHARED_REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let scan = async |redis: &mut redis::aio::MultiplexedConnection| {
-        let pattern = format!("{{{prefix}:default}}:task:*");
+    let mut redis = d.connection().await;
+    let scan = async |redis: &mut Connection| {
+        let pattern = format!("{{{}:default}}:task:*", d.prefix);
         let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(redis).await.unwrap();
         let mut scanned: std::collections::BTreeMap<String, u64> = Default::default();
         for key in keys {
@@ -260,37 +474,68 @@ async fn counts_match_a_scan_of_the_keys() {
     mix(&hosts).await;
     let (_, taken) = post(&client, hosts[0].url("/jobs/match"), None, &job("misbehave", "busy-2000")).await;
     let taken = taken["task_id"].as_str().unwrap().to_string();
-    let mut runner = 0;
-    eventually("the busy job to start", async || {
-        for (i, host) in hosts.iter().enumerate() {
-            if live_instances(&client, host).await == 1 {
-                runner = i;
-                return true;
-            }
-        }
-        false
-    })
-    .await;
+    let runner = running_on(&client, &hosts).await;
     drop(hosts.remove(runner));
     eventually("the busy job to be taken over and completed", async || {
         task_status(&client, &hosts[0], &taken, None).await.as_deref() == Some("completed")
     })
     .await;
 
-    let mut redis = redis::Client::open(SHARED_REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{{{prefix}:default}}:task:*")).query_async(&mut redis).await.unwrap();
-    let mut scanned: std::collections::BTreeMap<String, u64> = Default::default();
-    for key in keys {
-        let status: Option<String> = redis::cmd("HGET").arg(&key).arg("s").query_async(&mut redis).await.unwrap();
-        if let Some(status) = status {
-            *scanned.entry(status).or_default() += 1;
-        }
-    }
-    let (_, reported) = get(&client, hosts[0].url("/status"), None).await;
-    for status in ["pending", "running", "completed", "failed", "cancelled"] {
-        let want = scanned.get(status).copied().unwrap_or(0);
-        assert_eq!(reported["tasks"][status].as_u64(), Some(want), "{status}: the scan found {want}; {reported}");
-    }
+    let scanned = scan(&mut redis).await;
+    same(&hosts[0], &scanned).await;
     assert_eq!(scanned.get("completed"), Some(&3), "two honest jobs and the one taken over: {scanned:?}");
+}
+
+/// A primary of a Redis Cluster (three primaries, a replica each) killed
+/// while two hosts run jobs on it: its replica takes over its slots, and
+/// every task the hosts accepted completes, before the kill and after it.
+/// Submissions made while the slots have no primary are refused 503, never
+/// accepted and lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_primary_killed_mid_run_loses_no_accepted_task() {
+    let mut cluster = RedisCluster::start(3, 1).await.unwrap();
+    let d = Deployment::new(cluster.url(), None);
+    let flags = ["--workers", "1", "--lease", "1s"];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
+    let client = reqwest::Client::new();
+    upload_misbehave(&client, &hosts[0], "misbehave", None).await;
+    let mut accepted = Vec::new();
+    for _ in 0..8 {
+        accepted.push(task_id(&post(&client, hosts[0].url("/jobs/match"), None, &job("misbehave", "busy-500")).await));
+    }
+    running_on(&client, &hosts).await;
+
+    // The primary that serves the default tenant's keys; its replica has
+    // what it acknowledged (Redis Cluster replicates asynchronously and
+    // promises no more than that).
+    let primary = cluster.primary_of(&format!("{{{}:default}}", d.prefix)).unwrap();
+    let mut primary_conn = Connection::open(&format!("redis://127.0.0.1:{primary}")).await.unwrap();
+    let _: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut primary_conn).await.unwrap();
+    cluster.kill(primary);
+
+    let (mut refused, mut taken) = (0, 0);
+    let failed_over = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cluster.primary_of(&format!("{{{}:default}}", d.prefix)).is_err() || taken < 8 {
+        assert!(tokio::time::Instant::now() < failed_over, "no replica took over within 60 s");
+        let reply = post(&client, hosts[taken % 2].url("/jobs/match"), None, &job("misbehave", "busy-100")).await;
+        match reply.0 {
+            202 => {
+                accepted.push(task_id(&reply));
+                taken += 1;
+            }
+            503 => refused += 1,
+            other => panic!("a submission during the fail-over answered {other}: {}", reply.1),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.settle().await.unwrap();
+    eprintln!("{refused} submissions refused while the slots had no primary; {} accepted in all", accepted.len());
+    for id in &accepted {
+        eventually("every accepted task to complete", async || {
+            task_status(&client, &hosts[1], id, None).await.as_deref() == Some("completed")
+        })
+        .await;
+    }
+    let (status, done) = post(&client, hosts[1].url("/jobs/match?wait=30s"), None, &job("skills", "ada")).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("completed")), "{done}");
 }
