@@ -151,7 +151,8 @@ impl RedisCluster {
         format!("redis+cluster://{}", nodes.join(","))
     }
 
-    fn live(&self) -> impl Iterator<Item = u16> + '_ {
+    /// The ports of the nodes alive.
+    pub fn live(&self) -> impl Iterator<Item = u16> + '_ {
         self.nodes.iter().filter(|(_, child)| child.is_some()).map(|(port, _)| *port)
     }
 

@@ -384,6 +384,9 @@ async fn quotas_are_the_deployments_not_each_hosts(d: Deployment) {
         let (status, refused) = post(&client, host.url("/jobs/match"), a, &job("misbehave", "sleep")).await;
         assert_eq!((status, refused["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{refused}");
     }
+    let jobs = format!("{{{}:a}}:job:*", d.prefix);
+    let kept: Vec<String> = redis::cmd("KEYS").arg(jobs).query_async(&mut d.connection().await).await.unwrap();
+    assert_eq!(kept.len(), 2, "a refused submission leaves no job behind: {kept:?}");
     for id in [first, second] {
         client.delete(hosts[0].url(&format!("/tasks/{id}"))).bearer_auth(keys[0].as_str()).send().await.unwrap();
     }
@@ -484,6 +487,13 @@ async fn counts_match_a_scan_of_the_keys(d: Deployment) {
     let scanned = scan(&mut redis).await;
     same(&hosts[0], &scanned).await;
     assert_eq!(scanned.get("completed"), Some(&3), "two honest jobs and the one taken over: {scanned:?}");
+    assert_eq!(jobs_kept(&d, &mut redis).await, 0, "every job ended or was deleted, and its key went with it");
+}
+
+/// How many jobs (their inputs) the deployment keeps for its default tenant.
+async fn jobs_kept(d: &Deployment, redis: &mut Connection) -> usize {
+    let pattern = format!("{{{}:default}}:job:*", d.prefix);
+    redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(redis).await.unwrap().len()
 }
 
 /// A primary of a Redis Cluster (three primaries, a replica each) killed

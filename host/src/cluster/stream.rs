@@ -92,8 +92,18 @@ impl Default for Scripts {
 /// An entry this host holds.
 pub(super) struct Held {
     task: TaskId,
-    /// Set when the renewal finds another host holds it now.
-    lost: Arc<AtomicBool>,
+    hold: Arc<Hold>,
+}
+
+/// What the renewal and the holder of an entry tell each other.
+#[derive(Default)]
+struct Hold {
+    /// Set by the renewal when another host holds the entry now.
+    lost: AtomicBool,
+    /// Set by the holder as it starts ending the entry: the renewal leaves
+    /// it alone from then on (the entry is about to go, and its going is
+    /// not a lost lease).
+    ending: AtomicBool,
 }
 
 /// A job read from a stream.
@@ -110,8 +120,10 @@ pub struct StreamClaim {
     cluster: Arc<Cluster>,
     tenant: String,
     entry: String,
+    /// The task the entry names, if it names one.
+    task: Option<TaskId>,
     reclaimed: bool,
-    lost: Arc<AtomicBool>,
+    hold: Arc<Hold>,
     /// The job's task and the uploaded component it was accepted for, to
     /// let go of once it has ended.
     needs: Option<(TaskId, String)>,
@@ -129,7 +141,8 @@ impl StreamClaim {
 
     /// Done with an entry that carries no job this host can read.
     pub async fn discard(self) -> Result<(), StoreError> {
-        self.cluster.store.drop_entry(&self.tenant, self.entry_ref()).await
+        self.hold.ending.store(true, Ordering::Release);
+        self.cluster.store.drop_entry(&self.tenant, self.task, self.entry_ref()).await
     }
 
     async fn release_component(&self) -> Result<(), StoreError> {
@@ -159,10 +172,11 @@ impl Claim for StreamClaim {
     }
 
     fn lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        self.hold.lost.load(Ordering::Acquire)
     }
 
     async fn finish(self: Box<Self>, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
+        self.hold.ending.store(true, Ordering::Release);
         let announcement = format!("ended {} {id}", self.tenant);
         let done = self
             .cluster
@@ -178,13 +192,24 @@ impl Claim for StreamClaim {
     }
 
     async fn drop_done(self: Box<Self>) -> Result<(), StoreError> {
-        self.cluster.store.drop_entry(&self.tenant, self.entry_ref()).await?;
+        self.hold.ending.store(true, Ordering::Release);
+        self.cluster.store.drop_entry(&self.tenant, self.task, self.entry_ref()).await?;
         self.release_component().await
     }
 }
 
+/// An entry read from a stream.
+struct Entry {
+    id: String,
+    /// The task it names.
+    task: Option<TaskId>,
+    /// Its job: read from the job's key, or carried in the entry itself
+    /// by hosts of versions that put it there.
+    job: Option<String>,
+}
+
 /// The entries of an `XRANGE`-shaped reply: `[[id, [field, value, …]], …]`.
-fn entries(value: &Value) -> Vec<(String, Option<String>)> {
+fn entries(value: &Value) -> Vec<Entry> {
     let Value::Array(items) = value else { return Vec::new() };
     items
         .iter()
@@ -192,8 +217,8 @@ fn entries(value: &Value) -> Vec<(String, Option<String>)> {
             let Value::Array(pair) = item else { return None };
             let id = String::from_redis_value(pair.first()?.clone()).ok()?;
             let fields: Vec<String> = pair.get(1).and_then(|f| Vec::<String>::from_redis_value(f.clone()).ok())?;
-            let job = fields.chunks(2).find(|kv| kv[0] == "job").and_then(|kv| kv.get(1).cloned());
-            Some((id, job))
+            let field = |name: &str| fields.chunks(2).find(|kv| kv[0] == name).and_then(|kv| kv.get(1).cloned());
+            Some(Entry { id, task: field("task").and_then(|t| t.parse().ok()), job: field("job") })
         })
         .collect()
 }
@@ -235,10 +260,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// `entries` of `tenant`'s stream with their jobs, read in one `MGET`
+    /// (a job is missing where its task has gone meanwhile).
+    async fn with_jobs(&self, tenant: &str, mut entries: Vec<Entry>) -> Result<Vec<Entry>, StoreError> {
+        let wanted: Vec<(usize, TaskId)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.job.is_none())
+            .filter_map(|(i, e)| Some((i, e.task?)))
+            .collect();
+        let ids: Vec<TaskId> = wanted.iter().map(|(_, id)| *id).collect();
+        for ((i, _), job) in wanted.into_iter().zip(self.store.jobs(tenant, &ids).await?) {
+            entries[i].job = job;
+        }
+        Ok(entries)
+    }
+
     /// Takes hold of an entry just read or claimed.
-    fn hold(self: &Arc<Self>, tenant: &str, id: String, job: Option<String>, reclaimed: bool) -> Delivery {
+    fn hold(self: &Arc<Self>, tenant: &str, entry: Entry, reclaimed: bool) -> Delivery {
+        let Entry { id, task, job } = entry;
         let envelope: Result<Envelope, String> = job
-            .ok_or_else(|| "the entry has no job".to_string())
+            .ok_or_else(|| "the job is gone (its task expired or was deleted)".to_string())
             .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()))
             .and_then(|e: Envelope| {
                 if e.tenant == tenant {
@@ -247,14 +289,14 @@ impl Cluster {
                     Err(format!("a job of '{}' in the stream of '{tenant}'", e.tenant))
                 }
             });
-        let lost = Arc::new(AtomicBool::new(false));
-        let task = envelope.as_ref().map(|e| e.task_id).unwrap_or_default();
+        let hold = Arc::new(Hold::default());
+        let task = task.or(envelope.as_ref().ok().map(|e| e.task_id));
         self.held
             .lock()
             .unwrap()
             .entry(tenant.to_string())
             .or_default()
-            .insert(id.clone(), Held { task, lost: lost.clone() });
+            .insert(id.clone(), Held { task: task.unwrap_or_default(), hold: hold.clone() });
         let needs = envelope
             .as_ref()
             .ok()
@@ -262,7 +304,15 @@ impl Cluster {
             .and_then(|e| e.matcher.digest().map(|d| (e.task_id, d.to_string())));
         Delivery {
             envelope,
-            claim: StreamClaim { cluster: self.clone(), tenant: tenant.to_string(), entry: id, reclaimed, lost, needs },
+            claim: StreamClaim {
+                cluster: self.clone(),
+                tenant: tenant.to_string(),
+                entry: id,
+                task,
+                reclaimed,
+                hold,
+                needs,
+            },
         }
     }
 
@@ -297,8 +347,8 @@ impl Cluster {
         let mut deliveries = Vec::new();
         for read in futures_util::future::join_all(reads).await {
             let (tenant, reply) = read?;
-            for (id, job) in entries(&reply) {
-                deliveries.push(self.hold(tenant, id, job, false));
+            for entry in self.with_jobs(tenant, entries(&reply)).await? {
+                deliveries.push(self.hold(tenant, entry, false));
             }
         }
         Ok((deliveries, streams))
@@ -334,13 +384,13 @@ impl Cluster {
                 .map_err(unavailable)?;
             let Value::Array(parts) = reply else { continue };
             if let Some(claimed) = parts.first() {
-                for (id, job) in entries(claimed) {
-                    deliveries.push(self.hold(tenant, id, job, true));
+                for entry in self.with_jobs(tenant, entries(claimed)).await? {
+                    deliveries.push(self.hold(tenant, entry, true));
                 }
             }
             if let Some(spent) = parts.get(1) {
-                for (entry, job) in entries(spent) {
-                    failed += self.fail_spent(tenant, &entry, job).await? as usize;
+                for entry in self.with_jobs(tenant, entries(spent)).await? {
+                    failed += self.fail_spent(tenant, entry).await? as usize;
                 }
             }
         }
@@ -348,8 +398,9 @@ impl Cluster {
     }
 
     /// Fails the task of an entry delivered `--max-deliveries` times.
-    async fn fail_spent(&self, tenant: &str, entry: &str, job: Option<String>) -> Result<bool, StoreError> {
-        let Some(envelope) = job.and_then(|json| serde_json::from_str::<Envelope>(&json).ok()) else {
+    async fn fail_spent(&self, tenant: &str, entry: Entry) -> Result<bool, StoreError> {
+        let envelope = entry.job.and_then(|json| serde_json::from_str::<Envelope>(&json).ok());
+        let Some(id) = entry.task.or(envelope.as_ref().map(|e| e.task_id)) else {
             return Ok(false);
         };
         let max = self.config.max_deliveries;
@@ -360,14 +411,13 @@ impl Cluster {
                  lease: it died or lost Redis); it is not given out again (--max-deliveries)"
             ),
         );
-        let id = envelope.task_id;
         let announcement = format!("ended {tenant} {id}");
         let failed = self
             .store
             .fail_undelivered(
                 tenant,
                 id,
-                entry,
+                &entry.id,
                 GROUP,
                 self.config.lease,
                 max,
@@ -378,7 +428,9 @@ impl Cluster {
             .await?;
         if failed {
             tracing::warn!(task_id = %id, tenant, deliveries = max, "a job no host could finish failed host_lost");
-            if let Some(digest) = envelope.matcher.digest().filter(|_| envelope.uploaded) {
+            if let Some(envelope) = envelope.filter(|e| e.uploaded)
+                && let Some(digest) = envelope.matcher.digest()
+            {
                 self.release_component(digest, tenant, id).await?;
             }
         }
@@ -393,7 +445,15 @@ impl Cluster {
         let held: Vec<(String, Vec<(String, TaskId)>)> = {
             let held = self.held.lock().unwrap();
             held.iter()
-                .map(|(tenant, entries)| (tenant.clone(), entries.iter().map(|(e, h)| (e.clone(), h.task)).collect()))
+                .map(|(tenant, entries)| {
+                    let renewed = entries
+                        .iter()
+                        .filter(|(_, h)| !h.hold.ending.load(Ordering::Acquire))
+                        .map(|(e, h)| (e.clone(), h.task))
+                        .collect();
+                    (tenant.clone(), renewed)
+                })
+                .filter(|(_, entries): &(String, Vec<_>)| !entries.is_empty())
                 .collect()
         };
         let mut stopped = 0;
@@ -410,10 +470,16 @@ impl Cluster {
                 invocation.invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
             let tasks: HashMap<&str, TaskId> = entries.iter().map(|(e, t)| (e.as_str(), *t)).collect();
             for entry in &lost {
-                if let Some(held) = self.held.lock().unwrap().get(&tenant).and_then(|h| h.get(entry)) {
-                    held.lost.store(true, Ordering::Release);
-                }
-                if let Some(task) = tasks.get(entry.as_str()) {
+                // Only an entry still held and not being ended here was
+                // lost: one ended since the snapshot above just went.
+                let still_held = match self.held.lock().unwrap().get(&tenant).and_then(|h| h.get(entry)) {
+                    Some(held) if !held.hold.ending.load(Ordering::Acquire) => {
+                        held.hold.lost.store(true, Ordering::Release);
+                        true
+                    }
+                    _ => false,
+                };
+                if still_held && let Some(task) = tasks.get(entry.as_str()) {
                     tracing::warn!(task_id = %task, "this host lost its lease on a job; stopping it here");
                     self.tracker.cancel(*task);
                 }

@@ -11,10 +11,13 @@
 //! {<prefix>:<tenant>}:task:<id>    hash, with the task's native TTL (PEXPIRE at insert):
 //!                                    j  the task as created (JSON)
 //!                                    s  its status
+//!                                    x  when it expires (ms, Redis's clock)
 //!                                    u  when it last changed (RFC 3339), once it has
 //!                                    o  its result or error (JSON), once it has ended
 //! {<prefix>:<tenant>}:s:<status>   sorted set of the tenant's task ids in that status,
 //!                                  scored by expiry (ms, Redis's clock)
+//! {<prefix>:<tenant>}:job:<id>     string, the task's TTL: the job to run (JSON), until
+//!                                  it ends (hosts sharing jobs; see stream.rs)
 //! ```
 //!
 //! A hash rather than one JSON string, so that a transition is a field
@@ -29,9 +32,10 @@
 //! writes it, from the same clock that runs the key's TTL, so a task counts
 //! exactly while its key lives: a count is `ZCOUNT (now +inf` of the sets,
 //! read with that clock too, and no pruning is needed to be right. Members
-//! of expired tasks are removed for memory's sake by the transition that
-//! next adds to their set. A transition that finds no score (a member lost
-//! some other way) puts one back from the key's remaining TTL.
+//! of expired tasks are removed for memory's sake by [`RedisStore::prune`],
+//! which the hosts of a deployment run every minute. A transition moves a
+//! member with the score kept in the hash (`x`), and puts back a member
+//! lost some other way.
 //!
 //! The tenant's caps (tasks held, tasks pending or running) are counted and
 //! checked in the insert script itself, so they hold across every host of a
@@ -114,21 +118,22 @@ local function insert()
   for i = 4, 6 do held = held + redis.call('ZCOUNT', KEYS[i], live, '+inf') end
   if held >= tonumber(ARGV[3]) then return -1 end
   if open >= tonumber(ARGV[4]) then return -2 end
-  redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending')
+  local expires = t + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending', 'x', expires)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t)
-  redis.call('ZADD', KEYS[2], t + tonumber(ARGV[2]), ARGV[5])
+  redis.call('ZADD', KEYS[2], expires, ARGV[5])
   return 1
 end
 ";
 
 const INSERT: &str = "return insert()";
 
-/// Moves member `id` from set `from` to set `to`, keeping its expiry (or
-/// taking it from the key's TTL if the member was lost).
+/// Moves member `id` from set `from` to set `to` with score `expires`
+/// (the hash's `x`; for a task written before it kept one, the member's
+/// score, or failing that the key's TTL).
 const MOVE: &str = r"
-local function move(key, from, to, id)
-  local score = redis.call('ZSCORE', from, id)
+local function move(key, from, to, id, expires)
+  local score = expires or redis.call('ZSCORE', from, id)
   redis.call('ZREM', from, id)
   if not score then score = now() + math.max(redis.call('PTTL', key), 0) end
   redis.call('ZADD', to, score, id)
@@ -144,21 +149,23 @@ pub fn move_lua() -> String {
 /// Pending to running, once. KEYS: task, pending, running.
 /// ARGV: updated at, id.
 const START: &str = r"
-if redis.call('HGET', KEYS[1], 's') ~= 'pending' then return 0 end
+local h = redis.call('HMGET', KEYS[1], 's', 'x')
+if h[1] ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 's', 'running', 'u', ARGV[1])
-move(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
+move(KEYS[1], KEYS[2], KEYS[3], ARGV[2], h[2])
 return 1
 ";
 
 /// Pending or running to an end, once: 1 written, 0 gone or ended.
 const FINISH_FN: &str = r"
 local function finish(task, pending, running, target, status, updated, outcome, id)
-  local s = redis.call('HGET', task, 's')
+  local h = redis.call('HMGET', task, 's', 'x')
+  local s = h[1]
   if s ~= 'pending' and s ~= 'running' then return 0 end
   redis.call('HSET', task, 's', status, 'u', updated, 'o', outcome)
   local from = running
   if s == 'pending' then from = pending end
-  move(task, from, target, id)
+  move(task, from, target, id, h[2])
   return 1
 end
 ";
@@ -167,10 +174,11 @@ end
 /// JSON, id.
 const FINISH: &str = "return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
 
-/// KEYS: task, then the five status sets. ARGV: id.
+/// KEYS: task, its job, then the five status sets. ARGV: id.
 const REMOVE: &str = r"
+redis.call('DEL', KEYS[2])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 ";
 
@@ -437,6 +445,7 @@ impl TaskStore for RedisStore {
 
     async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
         let mut invocation = self.scripts.remove.key(self.key(tenant, id));
+        invocation.key(self.job_key(tenant, id));
         for set in self.sets(tenant) {
             invocation.key(set);
         }

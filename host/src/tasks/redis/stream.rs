@@ -8,6 +8,14 @@
 //! one round trip. A host that lost its hold on an entry (another host took
 //! the job over) cannot write an outcome any more.
 //!
+//! An entry carries only its task's id; the job itself (the candidate and
+//! the postings, tens of kilobytes) is a key of its own, `job:<id>`, written
+//! next to the insert script in the same round trip and read with `MGET`
+//! by the host that takes the entry. The job's bytes never pass through
+//! Lua: Redis's Lua hashes every byte of every string it is handed, and for
+//! a job of a hundred postings that hashing was a quarter of Redis's CPU
+//! time per job. The scripts that end a job delete its key.
+//!
 //! Reading the streams, holding and taking over entries is the cluster
 //! layer's; this module only changes keys.
 
@@ -25,13 +33,15 @@ end
 ";
 
 /// The insert, and if it happened the job's entry appended and `work`
-/// announced. KEYS: task, five status sets, stream. ARGV: task JSON, ttl
-/// ms, tasks cap, pending cap, id, job JSON, channel, announcement.
+/// announced; if it was refused, the job's key (written just before)
+/// deleted. KEYS: task, five status sets, stream, job. ARGV: task JSON, ttl
+/// ms, tasks cap, pending cap, id, channel, announcement.
 pub(super) const INSERT_ENQUEUE: &str = r"
 local inserted = insert()
+if inserted < 0 then redis.call('DEL', KEYS[8]) end
 if inserted ~= 1 then return inserted end
-redis.call('XADD', KEYS[7], '*', 'task', ARGV[5], 'job', ARGV[6])
-redis.call('PUBLISH', ARGV[7], ARGV[8])
+redis.call('XADD', KEYS[7], '*', 'task', ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 ";
 
@@ -50,9 +60,10 @@ for _, e in ipairs(entries) do
   if id then
     -- The task's key is in the stream's hash slot (the same tag).
     local task = ARGV[5] .. ':task:' .. id
-    if redis.call('HGET', task, 's') == 'pending' then
+    local h = redis.call('HMGET', task, 's', 'x')
+    if h[1] == 'pending' then
       redis.call('HSET', task, 's', 'running', 'u', ARGV[4])
-      move(task, KEYS[2], KEYS[3], id)
+      move(task, KEYS[2], KEYS[3], id, h[2])
     end
   end
 end
@@ -60,39 +71,44 @@ return entries
 ";
 
 /// An outcome written by the entry's holder, the entry acknowledged and
-/// deleted, the end announced: 1 written, 0 the task was gone or ended (the
-/// entry is done with all the same), -1 `consumer` does not hold the entry.
-/// KEYS: task, pending, running, target, stream. ARGV: status, updated at,
-/// outcome JSON, id, group, entry, consumer, channel, announcement.
+/// deleted with its job, the end announced: 1 written, 0 the task was gone
+/// or ended (the entry is done with all the same), -1 `consumer` does not
+/// hold the entry. KEYS: task, pending, running, target, stream, job.
+/// ARGV: status, updated at, outcome JSON, id, group, entry, consumer,
+/// channel, announcement.
 pub(super) const FINISH_ENTRY: &str = r"
 if not owned(KEYS[5], ARGV[5], ARGV[6], ARGV[7]) then return -1 end
 local written = finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 redis.call('XACK', KEYS[5], ARGV[5], ARGV[6])
 redis.call('XDEL', KEYS[5], ARGV[6])
+redis.call('DEL', KEYS[6])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return written
 ";
 
-/// Done with an entry whose job has no outcome to write, if `consumer`
-/// holds it. KEYS: stream. ARGV: group, entry, consumer.
+/// Done with an entry whose job has no outcome to write, and with the job,
+/// if `consumer` holds it. KEYS: stream, then the job if the entry named
+/// one. ARGV: group, entry, consumer.
 pub(super) const DROP_ENTRY: &str = r"
 if not owned(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
 return 1
 ";
 
 /// Fails the task of an entry delivered at least `max` times, idle at least
-/// `min idle` ms (no host holds it), with its entry done: 1 if so, 0 if the
-/// entry is not (or no longer) such. KEYS: task, pending, running, failed,
-/// stream. ARGV: updated at, failure JSON, id, group, entry, min idle ms,
-/// max deliveries, channel, announcement.
+/// `min idle` ms (no host holds it), with its entry and job done: 1 if so,
+/// 0 if the entry is not (or no longer) such. KEYS: task, pending, running,
+/// failed, stream, job. ARGV: updated at, failure JSON, id, group, entry,
+/// min idle ms, max deliveries, channel, announcement.
 pub(super) const FAIL_UNDELIVERED: &str = r"
 local p = redis.call('XPENDING', KEYS[5], ARGV[4], 'IDLE', ARGV[6], ARGV[5], ARGV[5], 1)
 if p[1] == nil or tonumber(p[1][4]) < tonumber(ARGV[7]) then return 0 end
 finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], 'failed', ARGV[1], ARGV[2], ARGV[3])
 redis.call('XACK', KEYS[5], ARGV[4], ARGV[5])
 redis.call('XDEL', KEYS[5], ARGV[5])
+redis.call('DEL', KEYS[6])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
 return 1
 ";
@@ -122,6 +138,11 @@ impl RedisStore {
         format!("{}:jobs", self.tag(tenant))
     }
 
+    /// The key of the job of `tenant`'s task `id`.
+    pub fn job_key(&self, tenant: &str, id: TaskId) -> String {
+        format!("{}:job:{id}", self.tag(tenant))
+    }
+
     fn task_keys(&self, tenant: &str, id: TaskId) -> Vec<String> {
         let mut keys = vec![self.key(tenant, id)];
         keys.extend(self.sets(tenant));
@@ -129,8 +150,13 @@ impl RedisStore {
     }
 
     /// Inserts `task` as [`super::TaskStore::insert`] does and, in the same
-    /// script, appends `job` to its tenant's stream and publishes
-    /// `announcement` on `channel`.
+    /// round trip, keeps `job` for it and appends its entry to its tenant's
+    /// stream and publishes `announcement` on `channel`.
+    ///
+    /// The job's key is written first, outside the script (its bytes must
+    /// not pass through Lua), and the script deletes it if it refuses the
+    /// insert. Should the connection break between the two, the key is left
+    /// with the task's TTL and goes with it.
     pub async fn insert_and_enqueue(
         &self,
         task: Task,
@@ -140,24 +166,53 @@ impl RedisStore {
         announcement: &str,
     ) -> Result<(), StoreError> {
         let id = task.task_id;
+        let ttl = self.ttl.as_millis().max(1) as u64;
+        let job_key = self.job_key(&task.tenant, id);
         let mut invocation = self.scripts.insert_enqueue.prepare_invoke();
         for key in self.task_keys(&task.tenant, id) {
             invocation.key(key);
         }
-        let inserted: i64 = invocation
+        invocation
             .key(self.stream_key(&task.tenant))
+            .key(&job_key)
             .arg(serde_json::to_string(&task).expect("a task serialises"))
-            .arg(self.ttl.as_millis().max(1) as u64)
+            .arg(ttl)
             .arg(caps.tasks.min(i64::MAX as usize))
             .arg(caps.pending.min(i64::MAX as usize))
             .arg(id.to_string())
-            .arg(job)
             .arg(channel)
-            .arg(announcement)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(unavailable)?;
+            .arg(announcement);
+        let mut redis = self.redis.clone();
+        let pipelined: redis::RedisResult<((), i64)> = redis::pipe()
+            .cmd("SET")
+            .arg(&job_key)
+            .arg(job)
+            .arg("PX")
+            .arg(ttl)
+            .invoke_script(&invocation)
+            .query_async(&mut redis)
+            .await;
+        let inserted = match pipelined {
+            Ok(((), inserted)) => inserted,
+            // The script is not in this node's cache yet (a fresh Redis, a
+            // promoted replica): the key is written; run the script alone,
+            // which loads it.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                invocation.invoke_async(&mut redis).await.map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         self.inserted(&task.tenant, id, caps, inserted)
+    }
+
+    /// The jobs of `tenant`'s tasks `ids`, in order; `None` where a task's
+    /// job is gone (the task expired or was deleted).
+    pub async fn jobs(&self, tenant: &str, ids: &[TaskId]) -> Result<Vec<Option<String>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.job_key(tenant, *id)).collect();
+        redis::cmd("MGET").arg(keys).query_async(&mut self.redis.clone()).await.map_err(unavailable)
     }
 
     /// Reads up to `count` new entries of `tenant`'s stream for `consumer` of
@@ -205,6 +260,7 @@ impl RedisStore {
             .key(self.status_key(tenant, TaskStatus::Running))
             .key(self.status_key(tenant, status))
             .key(self.stream_key(tenant))
+            .key(self.job_key(tenant, id))
             .arg(status.as_str())
             .arg(super::rfc3339(time::OffsetDateTime::now_utc()))
             .arg(stored_outcome(&outcome))
@@ -225,12 +281,14 @@ impl RedisStore {
     }
 
     /// Done with `tenant`'s entry `entry` whose job has no outcome to write
-    /// (its task is gone), if `entry.consumer` holds it.
-    pub async fn drop_entry(&self, tenant: &str, entry: EntryRef<'_>) -> Result<(), StoreError> {
-        let _: i64 = self
-            .scripts
-            .drop_entry
-            .key(self.stream_key(tenant))
+    /// (its task is gone), and with the job of task `id` if the entry named
+    /// one, if `entry.consumer` holds it.
+    pub async fn drop_entry(&self, tenant: &str, id: Option<TaskId>, entry: EntryRef<'_>) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.drop_entry.key(self.stream_key(tenant));
+        if let Some(id) = id {
+            invocation.key(self.job_key(tenant, id));
+        }
+        let _: i64 = invocation
             .arg(entry.group)
             .arg(entry.id)
             .arg(entry.consumer)
@@ -264,6 +322,7 @@ impl RedisStore {
             .key(self.status_key(tenant, TaskStatus::Running))
             .key(self.status_key(tenant, TaskStatus::Failed))
             .key(self.stream_key(tenant))
+            .key(self.job_key(tenant, id))
             .arg(super::rfc3339(time::OffsetDateTime::now_utc()))
             .arg(serde_json::to_string(failure).expect("a failure serialises"))
             .arg(id.to_string())
