@@ -1,10 +1,12 @@
 //! The `matchbox` client commands: submit a job, read a task, manage
 //! matchers, against a running host.
 //!
-//! Exit codes, for scripts: 0 success; 1 the task ran and failed (or was
-//! cancelled); 2 the request was refused (a 4xx: bad input, unknown task or
-//! matcher); 3 the server could not be reached or answered 5xx. Errors from
-//! the server are shown as the server's own message.
+//! Exit codes, for scripts ([`exit`]): 0 success; 1 the task failed, was
+//! cancelled, or was deleted or expired before it ended; 2 the request was
+//! refused (a 4xx: bad input, unknown task or matcher); 3 the server could
+//! not be reached or answered 5xx; 4 nothing was sent: the command line or a
+//! local file is wrong. Errors from the server are shown as the server's own
+//! message.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -56,15 +58,33 @@ pub enum MatchersCommand {
     Rm { name: String },
 }
 
+/// The exit codes of the client commands.
+pub mod exit {
+    /// The task failed, was cancelled, or was deleted or expired before it
+    /// ended.
+    pub const TASK_FAILED: u8 = 1;
+    /// The server refused the request (a 4xx).
+    pub const REFUSED: u8 = 2;
+    /// The server could not be reached, or failed (a 5xx).
+    pub const SERVER: u8 = 3;
+    /// Nothing was sent: the command line or a local file is wrong.
+    pub const LOCAL: u8 = 4;
+}
+
+/// How long one long poll of `submit --wait` asks the server to hold.
+const WAIT_SLICE: &str = "10s";
+
 /// A failure, with the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// The server's status code, when the server answered.
+    status: Option<u16>,
 }
 
 fn failure(code: u8, message: impl Into<String>) -> Failure {
-    Failure { code, message: message.into() }
+    Failure { code, message: message.into(), status: None }
 }
 
 struct Client {
@@ -88,23 +108,29 @@ impl Client {
             Some(key) => request.bearer_auth(key),
             None => request,
         };
-        let response =
-            request.send().await.map_err(|e| failure(3, format!("cannot reach {}: {e}", self.conn.server)))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| failure(exit::SERVER, format!("cannot reach {}: {e}", self.conn.server)))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| failure(3, format!("reading the answer: {e}")))?;
+        let bytes = response.bytes().await.map_err(|e| failure(exit::SERVER, format!("reading the answer: {e}")))?;
         let body: Value =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         if status.is_success() {
             return Ok(body);
         }
         let message = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| status.to_string());
-        Err(failure(if status.is_client_error() { 2 } else { 3 }, message))
+        Err(Failure {
+            code: if status.is_client_error() { exit::REFUSED } else { exit::SERVER },
+            message,
+            status: Some(status.as_u16()),
+        })
     }
 }
 
 fn read_json(path: &PathBuf) -> Result<Value, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| failure(2, format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| failure(2, format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|e| failure(exit::LOCAL, format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| failure(exit::LOCAL, format!("{}: not JSON: {e}", path.display())))
 }
 
 pub async fn submit(conn: Connection, args: SubmitArgs) -> Result<(), Failure> {
@@ -127,30 +153,74 @@ pub async fn submit(conn: Connection, args: SubmitArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
+    if !std::io::stderr().is_terminal() {
+        // Off a terminal there is no spinner to show the id: a script (or a
+        // log) learns which task is awaited, should the wait be cut short.
+        eprintln!("task {id} accepted; waiting for it to end");
+    }
     let task = wait_for(&client, &id).await?;
     show_task(&task, json_out)
 }
 
-/// Polls the task until it ends, with a spinner on a terminal.
+/// Waits until the task ends, by long polls of `GET /tasks/{id}?wait=`,
+/// with a spinner on a terminal that turns while a poll is held. The
+/// spinner's line is cleared before anything else is printed.
 async fn wait_for(client: &Client, id: &str) -> Result<Value, Failure> {
     const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
     let spin = std::io::stderr().is_terminal();
+    let clear = || {
+        if spin {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let mut status = String::from("pending");
     let mut frame = 0;
+    // A server whose `--max-wait` is below the slice refuses the long poll
+    // (400): then plain reads, a tenth of a second apart.
+    let mut long_poll = true;
     loop {
-        let task = client.send(client.http.get(client.url(&format!("/tasks/{id}")))).await?;
-        let status = task["status"].as_str().unwrap_or_default();
-        if matches!(status, "completed" | "failed" | "cancelled") {
+        let path = if long_poll { format!("/tasks/{id}?wait={WAIT_SLICE}") } else { format!("/tasks/{id}") };
+        let poll = client.send(client.http.get(client.url(&path)));
+        tokio::pin!(poll);
+        let answer = loop {
             if spin {
-                eprint!("\r\x1b[2K");
+                eprint!("\r{} task {id} {status}", FRAMES[frame % FRAMES.len()]);
+                let _ = std::io::stderr().flush();
+                frame += 1;
             }
+            tokio::select! {
+                answer = &mut poll => break answer,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        let task = match answer {
+            Ok(task) => task,
+            Err(Failure { status: Some(400), .. }) if long_poll => {
+                long_poll = false;
+                continue;
+            }
+            Err(Failure { status: Some(404), .. }) => {
+                clear();
+                return Err(failure(exit::TASK_FAILED, format!("the task {id} was deleted before it ended")));
+            }
+            Err(Failure { status: Some(410), .. }) => {
+                clear();
+                return Err(failure(exit::TASK_FAILED, format!("the task {id} expired before it ended")));
+            }
+            Err(other) => {
+                clear();
+                return Err(other);
+            }
+        };
+        status = task["status"].as_str().unwrap_or_default().to_string();
+        if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
+            clear();
             return Ok(task);
         }
-        if spin {
-            eprint!("\r{} task {id} {status}", FRAMES[frame % FRAMES.len()]);
-            let _ = std::io::stderr().flush();
-            frame += 1;
+        if !long_poll {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -185,14 +255,18 @@ fn show_task(task: &Value, json_out: bool) -> Result<(), Failure> {
     match status {
         "completed" => Ok(()),
         "pending" | "running" => Ok(()),
-        _ => Err(failure(1, format!("the task {status}"))),
+        _ => Err(failure(exit::TASK_FAILED, format!("the task {status}"))),
     }
 }
 
-pub async fn task(conn: Connection, id: String) -> Result<(), Failure> {
+pub async fn task(conn: Connection, id: String, wait: Option<String>) -> Result<(), Failure> {
     let json_out = conn.json;
     let client = Client::new(conn);
-    let task = client.send(client.http.get(client.url(&format!("/tasks/{id}")))).await?;
+    let mut request = client.http.get(client.url(&format!("/tasks/{id}")));
+    if let Some(wait) = &wait {
+        request = request.query(&[("wait", wait)]);
+    }
+    let task = client.send(request).await?;
     show_task(&task, json_out)
 }
 
@@ -220,7 +294,7 @@ pub async fn matchers(conn: Connection, command: MatchersCommand) -> Result<(), 
             }
         }
         MatchersCommand::Add { name, file } => {
-            let bytes = std::fs::read(&file).map_err(|e| failure(2, format!("{}: {e}", file.display())))?;
+            let bytes = std::fs::read(&file).map_err(|e| failure(exit::LOCAL, format!("{}: {e}", file.display())))?;
             let added = client.send(client.http.put(client.url(&format!("/matchers/{name}"))).body(bytes)).await?;
             if json_out {
                 println!("{added}");

@@ -15,7 +15,7 @@ use clap::Parser;
 use crate::cluster::ClusterConfig;
 use crate::registry::RegistryConfig;
 use crate::service::{HttpLimits, Settings};
-use crate::support::units::{parse_duration, parse_size};
+use crate::support::units::{parse_count, parse_duration, parse_positive_duration, parse_positive_size};
 use crate::tasks::Backend;
 use crate::tenants::HostLimits;
 
@@ -24,7 +24,7 @@ use crate::tenants::HostLimits;
 pub struct Config {
     /// Address to listen on. Without a tenants file (`--config`) only a
     /// loopback address is allowed, unless `--insecure-no-auth` is given.
-    #[arg(long, env = "MATCHBOX_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "MATCHBOX_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// A tenants file (TOML, see the README): API keys and quotas. Without
@@ -33,16 +33,17 @@ pub struct Config {
     pub tenants_file: Option<PathBuf>,
 
     /// Serve a non-loopback address without tenants, i.e. without API keys.
-    #[arg(long, env = "MATCHBOX_INSECURE_NO_AUTH")]
+    /// From the environment: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`.
+    #[arg(long, env = "MATCHBOX_INSECURE_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_no_auth: bool,
 
     /// How long a task lives, counted from its creation; then it is deleted
     /// and a job still running for it is stopped. E.g. `90s`, `5m`, `1h`.
-    #[arg(long, env = "MATCHBOX_TASK_TTL", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "MATCHBOX_TASK_TTL", default_value = "1h", value_parser = parse_positive_duration)]
     pub task_ttl: Duration,
 
     /// Most tasks the table holds at once; past it, submissions get 429.
-    #[arg(long, env = "MATCHBOX_MAX_TASKS", default_value_t = 100_000)]
+    #[arg(long, env = "MATCHBOX_MAX_TASKS", default_value = crate::tenants::defaults::MAX_TASKS, value_parser = parse_count)]
     pub max_tasks: usize,
 
     /// Where the task table lives: `memory` (this process), a Redis URL
@@ -54,12 +55,12 @@ pub struct Config {
     /// With hosts sharing a Redis: how long a host may go without renewing
     /// its lease on a job (it renews every fifth of it) before another host
     /// takes the job over.
-    #[arg(long, env = "MATCHBOX_LEASE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "MATCHBOX_LEASE", default_value = "5s", value_parser = parse_positive_duration)]
     pub lease: Duration,
 
     /// With hosts sharing a Redis: how many times a job is given to a host
     /// without an outcome before its task fails `host_lost`.
-    #[arg(long, env = "MATCHBOX_MAX_DELIVERIES", default_value_t = 3)]
+    #[arg(long, env = "MATCHBOX_MAX_DELIVERIES", default_value = "3", value_parser = parse_deliveries)]
     pub max_deliveries: u32,
 
     /// Prefix of every Redis key: hosts with the same prefix share a table.
@@ -67,49 +68,49 @@ pub struct Config {
     pub redis_prefix: String,
 
     /// Jobs run at once (default: the number of CPU cores).
-    #[arg(long, env = "MATCHBOX_WORKERS")]
+    #[arg(long, env = "MATCHBOX_WORKERS", value_parser = parse_count)]
     pub workers: Option<usize>,
 
     /// Jobs waiting for a worker at most; past it, submissions get 429.
-    #[arg(long, env = "MATCHBOX_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "MATCHBOX_QUEUE", default_value = "1024", value_parser = parse_count)]
     pub queue: usize,
 
     /// Deadline of one job, from instantiation to the answer.
-    #[arg(long, env = "MATCHBOX_JOB_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MATCHBOX_JOB_TIMEOUT", default_value = crate::tenants::defaults::JOB_TIMEOUT, value_parser = parse_positive_duration)]
     pub job_timeout: Duration,
 
     /// Linear memory one job's instance may use. E.g. `64MiB`, `1GiB`. The
     /// default leaves room for components that embed a language runtime.
-    #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = crate::tenants::defaults::MAX_MEMORY, value_parser = parse_positive_size)]
     pub max_memory: usize,
 
     /// How long a client may take to send a request's headers (and how long
     /// an idle keep-alive connection is kept); then the connection is closed.
-    #[arg(long, env = "MATCHBOX_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "MATCHBOX_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
 
     /// How long a client may take to send a request's body after its
     /// headers; past it, 408.
-    #[arg(long, env = "MATCHBOX_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MATCHBOX_BODY_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub body_timeout: Duration,
 
     /// Connections held open at once; past it, new ones are answered 503
     /// and closed.
-    #[arg(long, env = "MATCHBOX_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "MATCHBOX_MAX_CONNECTIONS", default_value = "1024", value_parser = parse_count)]
     pub max_connections: usize,
 
     /// Where operators reach /metrics by tenant and matcher, /status and the
     /// status page (none by default). On a host with tenants, the API's
     /// /metrics leaves out every series that names a tenant or its matcher.
-    #[arg(long, env = "MATCHBOX_ADMIN_LISTEN")]
+    #[arg(long, env = "MATCHBOX_ADMIN_LISTEN", value_parser = parse_listen)]
     pub admin_listen: Option<SocketAddr>,
 
     /// Largest request body accepted; past it, 413.
-    #[arg(long, env = "MATCHBOX_MAX_BODY", default_value = "8MiB", value_parser = parse_size)]
+    #[arg(long, env = "MATCHBOX_MAX_BODY", default_value = "8MiB", value_parser = parse_positive_size)]
     pub max_body: usize,
 
     /// Most postings in one job; past it, 413.
-    #[arg(long, env = "MATCHBOX_MAX_POSTINGS", default_value_t = 10_000)]
+    #[arg(long, env = "MATCHBOX_MAX_POSTINGS", default_value = "10000", value_parser = parse_count)]
     pub max_postings: usize,
 
     /// Longest `?wait=` a client may ask for.
@@ -142,12 +143,12 @@ pub struct Config {
     pub matchers_dir: Option<PathBuf>,
 
     /// Matchers one tenant may have uploaded at once (the default of every
-    /// tenant's `uploads` quota).
+    /// tenant's `uploads` quota); 0 turns uploads off.
     #[arg(long, env = "MATCHBOX_MAX_UPLOADS", default_value_t = 32)]
     pub max_uploads: usize,
 
     /// Largest matcher component accepted by `PUT /matchers/{name}`.
-    #[arg(long, env = "MATCHBOX_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "MATCHBOX_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_positive_size)]
     pub max_component_size: usize,
 
     /// Log format: `text` for people, `json` for log pipelines. Filter with
@@ -164,7 +165,7 @@ impl Default for Config {
 
 impl Config {
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
     /// Refuses to serve a non-loopback address with no API keys, unless told
@@ -179,6 +180,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An address to listen on: `127.0.0.1:8080`, `[::1]:8080`, or a host name
+/// and port (`localhost:8080`), resolved to its first address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let mut resolved = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("'{s}' is not an address such as 127.0.0.1:8080 or localhost:8080: {e}"))?;
+    resolved.next().ok_or_else(|| format!("'{s}' resolves to no address"))
+}
+
+fn parse_deliveries(s: &str) -> Result<u32, String> {
+    let n = parse_count(s)?;
+    u32::try_from(n).map_err(|_| format!("'{s}' is too large"))
 }
 
 impl From<Config> for Settings {

@@ -52,13 +52,33 @@ pub use service::Matchbox;
 
 /// The HTTP application over a service.
 pub fn app(state: api::AppState) -> axum::Router {
-    api::router(state).layer(tower_http::trace::TraceLayer::new_for_http())
+    api::router(state).layer(tower_http::trace::TraceLayer::new_for_http().on_failure(log_failure))
 }
 
 /// The operators' application (`--admin-listen`): metrics by tenant and
 /// matcher, health, readiness, the status page.
 pub fn admin_app(state: api::AppState) -> axum::Router {
-    api::operator_router(state).layer(tower_http::trace::TraceLayer::new_for_http())
+    api::operator_router(state).layer(tower_http::trace::TraceLayer::new_for_http().on_failure(log_failure))
+}
+
+/// How the trace layer logs a request that failed. A 503 is a refusal the
+/// host means (draining, its store down, too many connections), answered to
+/// every readiness probe while it lasts, and what causes it is logged where
+/// it happens: debug. Any other 5xx, or an error on the connection, is an
+/// error.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    let ms = latency.as_millis() as u64;
+    match class {
+        ServerErrorsFailureClass::StatusCode(code) if code == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::debug!(status = code.as_u16(), latency_ms = ms, "request refused")
+        }
+        class => tracing::error!(classification = %class, latency_ms = ms, "response failed"),
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then finishes the

@@ -1,8 +1,9 @@
 //! The `matchbox` command: parse the configuration, set up logging, call the
 //! library.
 
-use clap::{Parser, Subcommand};
-use matchbox::cli::{self, Connection, MatchersCommand, SubmitArgs};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use matchbox::cli::{self, Connection, MatchersCommand, SubmitArgs, exit};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of the system allocator: a host that runs a million small
@@ -22,35 +23,35 @@ pub static malloc_conf: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000
 #[derive(Parser)]
 #[command(name = "matchbox", version, about = "A host for sandboxed job-matching work.")]
 struct Cli {
+    /// The client commands' connection: accepted before or after the
+    /// subcommand (`matchbox --server URL matchers list`).
+    #[command(flatten)]
+    conn: Connection,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The client flags, which mean nothing to `serve` and `tenant`.
+const CLIENT_FLAGS: [&str; 3] = ["server", "api_key", "json"];
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API.
     Serve(Box<matchbox::Config>),
     /// Submit a matching job to a server.
-    Submit {
-        #[command(flatten)]
-        conn: Connection,
-        #[command(flatten)]
-        args: SubmitArgs,
-    },
+    Submit(SubmitArgs),
     /// Show a task: its status and, once it has ended, its result.
     Task {
-        #[command(flatten)]
-        conn: Connection,
         /// The task id.
         id: String,
+        /// Wait up to this long (e.g. `30s`) for the task to end before
+        /// showing it.
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
     },
     /// List, upload or remove matchers on a server.
-    Matchers {
-        #[command(flatten)]
-        conn: Connection,
-        #[command(subcommand)]
-        command: MatchersCommand,
-    },
+    #[command(subcommand)]
+    Matchers(MatchersCommand),
     /// Manage the tenants file that `matchbox serve --config` reads.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -68,6 +69,8 @@ enum TenantCommand {
         config: std::path::PathBuf,
         #[command(flatten)]
         quotas: matchbox::tenants::file::NewTenant,
+        #[command(flatten)]
+        limits: matchbox::tenants::file::ServeLimits,
     },
 }
 
@@ -84,9 +87,10 @@ fn main() -> anyhow::Result<()> {
             std::env::set_var("RUST_LIB_BACKTRACE", "0")
         };
     }
-    let command = match Cli::parse().command {
-        Command::Tenant(TenantCommand::Add { name, config, quotas }) => {
-            let key = matchbox::tenants::file::add(&config, &name, &quotas)?;
+    let (conn, command) = parse();
+    let command = match command {
+        Command::Tenant(TenantCommand::Add { name, config, quotas, limits }) => {
+            let key = matchbox::tenants::file::add(&config, &name, &quotas, &limits)?;
             println!("{key}");
             eprintln!(
                 "added tenant '{name}' to {}; the key above is shown only this once. \
@@ -103,9 +107,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         match command {
-            Command::Submit { conn, args } => cli::submit(conn, args).await,
-            Command::Task { conn, id } => cli::task(conn, id).await,
-            Command::Matchers { conn, command } => cli::matchers(conn, command).await,
+            Command::Submit(args) => cli::submit(conn, args).await,
+            Command::Task { id, wait } => cli::task(conn, id, wait).await,
+            Command::Matchers(command) => cli::matchers(conn, command).await,
             Command::Serve(_) | Command::Tenant(_) => unreachable!("handled above"),
         }
     });
@@ -114,6 +118,35 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(failure.code.into());
     }
     Ok(())
+}
+
+/// Parses the command line. A wrong one exits with [`exit::LOCAL`] (help
+/// and version exit 0), as does a client flag given to `serve` or `tenant`.
+fn parse() -> (Connection, Command) {
+    let usage = |err: clap::Error| -> ! {
+        let code = if err.use_stderr() { exit::LOCAL.into() } else { 0 };
+        let _ = err.print();
+        std::process::exit(code)
+    };
+    let matches = Cli::command().try_get_matches().unwrap_or_else(|e| usage(e));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
+    if let Some((name @ ("serve" | "tenant"), _)) = matches.subcommand()
+        && let Some(flag) = CLIENT_FLAGS.iter().find(|id| given(&matches, id))
+    {
+        eprintln!(
+            "matchbox: --{} is a flag of the client commands (submit, task, matchers), not of {name}",
+            flag.replace('_', "-")
+        );
+        std::process::exit(exit::LOCAL.into());
+    }
+    (cli.conn, cli.command)
+}
+
+/// Whether the flag `id` was typed on the command line, at any level of
+/// subcommands (a global flag is recorded where it was typed).
+fn given(matches: &clap::ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
+        || matches.subcommand().is_some_and(|(_, sub)| given(sub, id))
 }
 
 async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
@@ -125,16 +158,19 @@ async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
     };
+    let drain_timeout = config.drain_timeout;
+    let (workers, task_ttl, max_tasks) = (config.workers(), config.task_ttl, config.max_tasks);
+    // Everything is checked and loaded (tenants file, store, matchers)
+    // before the host says it serves.
+    let state = matchbox::Matchbox::new(config).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = ?admin.as_ref().and_then(|a| a.local_addr().ok()),
-        workers = config.workers(),
-        task_ttl = %humantime::format_duration(config.task_ttl),
-        max_tasks = config.max_tasks,
+        workers,
+        task_ttl = %humantime::format_duration(task_ttl),
+        max_tasks,
         "matchbox serving"
     );
-    let drain_timeout = config.drain_timeout;
-    let state = matchbox::Matchbox::new(config).await?;
     // On a signal, drain first (new jobs get 503, reads go on so clients can
     // collect results), then stop the HTTP servers, then exit.
     let stop_http = tokio_util::sync::CancellationToken::new();
@@ -158,7 +194,12 @@ async fn serve(config: matchbox::Config) -> anyhow::Result<()> {
 
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal: a file or a pipe gets plain
+    // text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
     } else {

@@ -68,6 +68,13 @@ pub struct StatusLabels {
 pub struct Present {
     pub tasks: u64,
     pub tasks_by_status: TaskCounts,
+    #[serde(flatten)]
+    pub host: HostFigures,
+}
+
+/// What this process knows by itself, store or no store.
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
+pub struct HostFigures {
     pub jobs_in_flight: u64,
     pub queued: u64,
     pub live_instances: u64,
@@ -80,6 +87,8 @@ fn job_buckets() -> Histogram {
 
 pub struct Metrics {
     public: Registry,
+    /// The table's series, which need the store.
+    table: Registry,
     operator: Registry,
     jobs: Family<OutcomeLabels, Counter>,
     job_seconds: Histogram,
@@ -100,6 +109,7 @@ pub struct Metrics {
     live_instances: Gauge,
     resident_memory: Gauge,
     above_high_water: Gauge,
+    store_up: Gauge,
     high_water_mark: u64,
     above: AtomicBool,
 }
@@ -124,9 +134,11 @@ impl Metrics {
         let tasks_expired = Counter::default();
         let jobs_taken_over = Counter::default();
         let jobs_lost = Counter::default();
-        let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water] =
+        let mut table = Registry::default();
+        let [tasks, jobs_in_flight, queued, live_instances, resident_memory, high_water, above_high_water, store_up] =
             std::array::from_fn(|_| Gauge::default());
         let r = &mut public;
+        r.register("matchbox_store_up", "1 while the task store answers, 0 while it cannot", store_up.clone());
         r.register("matchbox_jobs", "Jobs that ended, by outcome", jobs.clone());
         r.register("matchbox_job_duration_seconds", "Time from Store creation to the answer", job_seconds.clone());
         r.register(
@@ -145,14 +157,16 @@ impl Metrics {
             "Shared jobs this host failed host_lost: given to --max-deliveries hosts, finished by none",
             jobs_lost.clone(),
         );
-        r.register("matchbox_tasks", "Tasks in the task table", tasks.clone());
-        let tasks_by_status = Family::<StatusLabels, Gauge>::default();
-        r.register("matchbox_tasks_by_status", "Tasks in the task table, by status", tasks_by_status.clone());
         r.register("matchbox_jobs_in_flight", "Jobs queued or running", jobs_in_flight.clone());
         r.register("matchbox_queue_depth", "Jobs waiting for a worker", queued.clone());
         r.register("matchbox_live_instances", "Matcher instances alive right now", live_instances.clone());
         r.register("process_resident_memory_bytes", "Resident memory of this process", resident_memory.clone());
         r.register("matchbox_tasks_high_water", "The table size that raises a warning", high_water.clone());
+        // The series that need the store, left out while it cannot answer.
+        let r = &mut table;
+        r.register("matchbox_tasks", "Tasks in the task table", tasks.clone());
+        let tasks_by_status = Family::<StatusLabels, Gauge>::default();
+        r.register("matchbox_tasks_by_status", "Tasks in the task table, by status", tasks_by_status.clone());
         r.register(
             "matchbox_tasks_above_high_water",
             "1 while the table holds more tasks than its high-water mark",
@@ -171,6 +185,7 @@ impl Metrics {
         high_water.set(high_water_mark as i64);
         Metrics {
             public,
+            table,
             operator,
             jobs,
             job_seconds,
@@ -188,6 +203,7 @@ impl Metrics {
             live_instances,
             resident_memory,
             above_high_water,
+            store_up,
             high_water_mark,
             above: AtomicBool::new(false),
         }
@@ -249,23 +265,31 @@ impl Metrics {
         self.above_high_water.set(above as i64);
     }
 
-    /// The text exposition of `view`, with the present read in.
-    pub fn render(&self, present: Present, view: View) -> String {
-        self.tasks.set(present.tasks as i64);
-        for status in TaskStatus::ALL {
-            let count = present.tasks_by_status.get(status);
-            self.tasks_by_status.get_or_create(&StatusLabels { status: status.as_str() }).set(count as i64);
+    /// The text exposition of `view`, with the present read in. `table` is
+    /// `None` while the task store cannot answer: then its series are left
+    /// out and `matchbox_store_up` reads 0, and the rest is served as ever.
+    pub fn render(&self, host: HostFigures, table: Option<TaskCounts>, view: View) -> String {
+        self.store_up.set(table.is_some().into());
+        if let Some(counts) = table {
+            self.tasks.set(counts.total() as i64);
+            for status in TaskStatus::ALL {
+                let count = counts.get(status);
+                self.tasks_by_status.get_or_create(&StatusLabels { status: status.as_str() }).set(count as i64);
+            }
+            self.observe_table(counts.total());
         }
-        self.observe_table(present.tasks);
-        self.jobs_in_flight.set(present.jobs_in_flight as i64);
-        self.queued.set(present.queued as i64);
-        self.live_instances.set(present.live_instances as i64);
+        self.jobs_in_flight.set(host.jobs_in_flight as i64);
+        self.queued.set(host.queued as i64);
+        self.live_instances.set(host.live_instances as i64);
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory.set(rss as i64);
         }
         use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         encode_registry(&mut out, &self.public).expect("writing to a String cannot fail");
+        if table.is_some() {
+            encode_registry(&mut out, &self.table).expect("writing to a String cannot fail");
+        }
         if view == View::Operator {
             encode_registry(&mut out, &self.operator).expect("writing to a String cannot fail");
         }

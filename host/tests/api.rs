@@ -137,11 +137,38 @@ async fn wait_answers_200_with_the_result() {
 async fn wait_that_runs_out_answers_202() {
     let app = service(|c| c.job_timeout = Duration::from_secs(3600)).await;
     let body = with_matcher(job("loop", 1), "misbehave");
-    let reply = call(&app, Method::POST, "/jobs/match?wait=50ms", Some(body)).await;
+    let reply = call(&app, Method::POST, "/jobs/match?wait=500ms", Some(body)).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["status"], "running", "the status it has now, not at acceptance");
     let id = reply.body["task_id"].as_str().unwrap();
+
+    // GET ?wait= is a long poll: after the wait, the task as it is.
+    let polled = call(&app, Method::GET, &format!("/tasks/{id}?wait=100ms"), None).await;
+    assert_eq!((polled.status, &polled.body["status"]), (StatusCode::OK, &json!("running")));
+    let bad = call(&app, Method::GET, &format!("/tasks/{id}?wait=bogus"), None).await;
+    assert_eq!((bad.status, error_code(&bad)), (StatusCode::BAD_REQUEST, "invalid_wait"));
+    let long = call(&app, Method::GET, &format!("/tasks/{id}?wait=2h"), None).await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST);
     assert_eq!(call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await.status, StatusCode::NO_CONTENT);
     bounded("the cancelled guest to stop", app.live_instances().wait_for_zero()).await;
+}
+
+/// `GET /tasks/{id}?wait=` answers as soon as the task ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_answers_when_the_task_ends() {
+    let app = service(|_| {}).await;
+    let body = with_matcher(job("slow", 1), "misbehave");
+    let reply = call(&app, Method::POST, "/jobs/match", Some(body)).await;
+    let id = reply.body["task_id"].as_str().unwrap();
+    let started = std::time::Instant::now();
+    let polled = call(&app, Method::GET, &format!("/tasks/{id}?wait=30s"), None).await;
+    assert_eq!((polled.status, &polled.body["status"]), (StatusCode::OK, &json!("completed")), "{}", polled.body);
+    assert!(started.elapsed() < Duration::from_secs(20), "answered at the end, not at the wait's");
+    // An ended task answers at once.
+    let again = call(&app, Method::GET, &format!("/tasks/{id}?wait=30s"), None).await;
+    assert_eq!(again.body["status"], "completed");
+    let unknown = call(&app, Method::GET, &format!("/tasks/{}?wait=1s", app.new_task_id()), None).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -213,6 +240,58 @@ async fn bodies_past_the_size_cap_are_413() {
     let reply = call(&app, Method::POST, "/jobs/match", Some(job("ada", 100))).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(&reply), "too_large");
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert_eq!(message, "the request body is larger than the cap of 4096 bytes (--max-body)");
+}
+
+/// Names are capped at 1 KiB, candidate skills too; a skill without a
+/// weight is held in full.
+#[tokio::test(flavor = "multi_thread")]
+async fn skill_names_are_capped_at_1_kib_and_weigh_1_by_default() {
+    let app = service(|_| {}).await;
+    let with_skill = |name: String| {
+        json!({"candidate": {"id": "ada", "skills": [{"name": name}]},
+               "postings": [{"id": "p", "required_skills": ["rust"]}]})
+    };
+    let ok = call(&app, Method::POST, "/jobs/match?wait=30s", Some(with_skill("r".repeat(1024)))).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    let over = call(&app, Method::POST, "/jobs/match", Some(with_skill("r".repeat(1025)))).await;
+    assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", over.body);
+    assert!(over.body["error"]["message"].as_str().unwrap().contains("candidate.skills[0].name"), "{}", over.body);
+
+    // Weighed 1.0, "rust" meets the one required skill in full: the same
+    // score as an explicit weight of 1.
+    let score = |skill: Value| {
+        let app = app.clone();
+        async move {
+            let body = json!({"candidate": {"id": "ada", "skills": [skill]},
+                              "postings": [{"id": "p", "required_skills": ["rust"]}]});
+            let reply = call(&app, Method::POST, "/jobs/match?wait=30s", Some(body)).await;
+            reply.body["result"]["rankings"][0]["score"].as_f64().unwrap()
+        }
+    };
+    let (unweighted, full, half) = (
+        score(json!({"name": "rust"})).await,
+        score(json!({"name": "rust", "weight": 1.0})).await,
+        score(json!({"name": "rust", "weight": 0.5})).await,
+    );
+    assert_eq!(unweighted, full);
+    assert!(half < full);
+}
+
+/// A pin is `name@sha256:<hex>`; a bare hex digest is refused as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pin_without_sha256_is_named_as_such() {
+    let app = service(|_| {}).await;
+    let skills = call(&app, Method::GET, "/matchers/skills", None).await;
+    let hex = skills.body["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let reply =
+        call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("ada", 1), &format!("skills@{hex}")))).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a pinned matcher is written name@sha256:<64 lower-case hex digits>"), "{message}");
+    let pinned = with_matcher(job("ada", 1), &format!("skills@sha256:{hex}"));
+    assert_eq!(call(&app, Method::POST, "/jobs/match", Some(pinned)).await.status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -380,8 +459,11 @@ async fn matchers_health_and_readiness() {
     let names: Vec<&str> =
         reply.body["matchers"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["misbehave", "skills", "text"]);
+    // Without tenants, an upload is the one caller's own: private.
+    assert_eq!(reply.body["matchers"][0]["private"], true);
     let skills = &reply.body["matchers"][1];
     assert_eq!(skills["builtin"], true);
+    assert_eq!(skills["private"], false);
     assert!(skills["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(call(&app, Method::GET, "/healthz", None).await.status, StatusCode::OK);
     let ready = call(&app, Method::GET, "/readyz", None).await;

@@ -186,6 +186,8 @@ async fn real_responses_validate_against_the_document() {
     calls.push(("post", "/jobs/match", done));
     calls.push(("post", "/jobs/match", failed));
     calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}"), None).await));
+    calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}?wait=5s"), None).await));
+    calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}?wait=soon"), None).await));
     let busy = send(&app, "post", "/jobs/match", json_body(with_matcher(job("loop", 1), "mine"))).await;
     bounded("the looping job to start", app.live_instances().wait_for(|n| n == 1)).await;
     let queued = send(&app, "post", "/jobs/match", json_body(job("ada", 1))).await;
@@ -238,6 +240,13 @@ async fn real_responses_validate_against_the_document() {
     task["status"] = json!("completed");
     task.as_object_mut().unwrap().remove("tenant");
     assert!(!violations(&doc, task_schema.as_object().unwrap(), &task).is_empty());
+
+    // The long poll and the store's 503 are documented where they happen.
+    let get_task = &doc["paths"]["/tasks/{id}"]["get"];
+    assert!(get_task["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "wait" && p["in"] == "query"));
+    for method in ["get", "delete"] {
+        assert!(doc["paths"]["/tasks/{id}"][method]["responses"]["503"].is_object(), "{method} /tasks/{{id}} 503");
+    }
 
     let mut seen = std::collections::BTreeSet::new();
     for (method, template, reply) in &calls {

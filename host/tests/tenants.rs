@@ -23,19 +23,33 @@ struct Host {
 async fn host(tenants: &[(&str, NewTenant)], configure: impl FnOnce(&mut Config)) -> (Host, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("matchbox.toml");
-    let keys = tenants.iter().map(|(name, quotas)| file::add(&path, name, quotas).unwrap()).collect();
-    let app = start(&dir, configure).await;
+    let mut config = base_config(&dir);
+    configure(&mut config);
+    // Checked against the host that will read the file, as an operator's
+    // `tenant add` with the host's flags would be.
+    let limits = file::ServeLimits {
+        max_memory: config.max_memory,
+        job_timeout: config.job_timeout,
+        max_tasks: config.max_tasks,
+        matchers_dir: config.matchers_dir.clone(),
+    };
+    let keys = tenants.iter().map(|(name, quotas)| file::add(&path, name, quotas, &limits).unwrap()).collect();
+    let app = Matchbox::new(config).await.unwrap();
     (Host { app, dir }, keys)
 }
 
-async fn start(dir: &tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
-    let mut config = Config {
+fn base_config(dir: &tempfile::TempDir) -> Config {
+    Config {
         workers: Some(2),
         tenants_file: Some(dir.path().join("matchbox.toml")),
         data_dir: Some(dir.path().join("data")),
         cache_dir: Some(dir.path().join("cache")),
         ..Config::default()
-    };
+    }
+}
+
+async fn start(dir: &tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Arc<Matchbox> {
+    let mut config = base_config(dir);
     configure(&mut config);
     Matchbox::new(config).await.unwrap()
 }
@@ -200,7 +214,7 @@ async fn quotas_hold_a_tenant_back_and_no_one_else() {
     let held = NewTenant {
         pending_tasks: Some(2),
         concurrent_jobs: Some(1),
-        deadline: Some(std::time::Duration::from_secs(3600)),
+        deadline: Some("1h".into()),
         ..NewTenant::default()
     };
     // A tenant's deadline may not exceed the host's.
@@ -286,7 +300,7 @@ async fn a_flood_does_not_delay_another_tenants_job() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_tenants_memory_cap_applies_to_its_own_jobs() {
-    let small = NewTenant { memory: Some(2 << 20), ..NewTenant::default() };
+    let small = NewTenant { memory: Some("2MiB".into()), ..NewTenant::default() };
     let (host, keys) = host(&[("small", small), ("large", NewTenant::default())], |_| {}).await;
     let app = &host.app;
     // 600 postings of 8 KiB each: about 5 MiB copied into the guest.

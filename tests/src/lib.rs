@@ -65,20 +65,36 @@ impl Host {
     /// Starts `matchbox serve` with `args` on a free loopback port, with data
     /// and cache directories of its own.
     pub async fn start(args: &[&str]) -> anyhow::Result<Host> {
+        Host::start_logged(args, &[], None).await
+    }
+
+    /// [`Host::start`] with extra environment variables (`RUST_LOG` among
+    /// them, `warn` otherwise), and its standard error (its log) written to
+    /// `log` instead of the test's.
+    pub async fn start_logged(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<Host> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let dirs = tempfile::tempdir()?;
-        let child = Command::new(binary())
-            .arg("serve")
-            .args(["--listen", &addr.to_string()])
-            .arg("--data-dir")
-            .arg(dirs.path().join("data"))
-            .arg("--cache-dir")
-            .arg(dirs.path().join("cache"))
+        let mut command = Command::new(binary());
+        command.arg("serve").args(["--listen", &addr.to_string()]);
+        // The host's own directories, unless the caller gives its own.
+        for (flag, dir) in [("--data-dir", "data"), ("--cache-dir", "cache")] {
+            if !args.contains(&flag) {
+                command.arg(flag).arg(dirs.path().join(dir));
+            }
+        }
+        command
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting matchbox")?;
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
+        if let Some(log) = log {
+            command.stderr(std::fs::File::create(log).context("creating the host's log file")?);
+        }
+        let child = command.spawn().context("starting matchbox")?;
         let mut host = Host { addr, child, _dirs: dirs };
         host.wait_healthy().await?;
         Ok(host)

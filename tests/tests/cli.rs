@@ -134,3 +134,96 @@ fn without_tenants_a_public_address_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to listen on 0.0.0.0:0 without API keys"), "{stderr}");
 }
+
+/// The client's connection flags go before or after the subcommand, and mean
+/// nothing to `serve`.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_goes_before_or_after_the_subcommand() {
+    let host = Host::start(&[]).await.unwrap();
+    let server = format!("http://{}", host.addr);
+    let before = std::process::Command::new(binary())
+        .args(["--server", &server, "--json", "matchers", "list"])
+        .output()
+        .unwrap();
+    assert!(before.status.success(), "{}", String::from_utf8_lossy(&before.stderr));
+    assert_eq!(stdout_json(&before)["matchers"][0]["name"], "skills");
+    let after = run(&server, &["matchers", "list", "--json"]);
+    assert_eq!(stdout_json(&after), stdout_json(&before));
+
+    let serve = std::process::Command::new(binary()).args(["serve", "--server", &server]).output().unwrap();
+    assert_eq!(serve.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("--server is a flag of the client commands"));
+}
+
+/// Local mistakes are told apart from the server's refusals: exit 4, and the
+/// file named.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_errors_exit_4_and_name_the_file() {
+    let host = Host::start(&[]).await.unwrap();
+    let server = format!("http://{}", host.addr);
+    let postings = examples("postings.json");
+
+    let out = run(&server, &["submit", "--candidate", "nonexist.json", "--postings", &postings]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonexist.json"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("candidate.json");
+    std::fs::write(&broken, "{not json").unwrap();
+    let out = run(&server, &["submit", "--candidate", broken.to_str().unwrap(), "--postings", &postings]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("candidate.json: not JSON"));
+
+    let out = run(&server, &["submit", "--postings", &postings]);
+    assert_eq!(out.status.code(), Some(4), "a wrong command line is local too");
+    let out = run(&server, &["matchers", "add", "x", "nonexist.wasm"]);
+    assert_eq!(out.status.code(), Some(4));
+}
+
+/// A task deleted while `submit --wait` waits for it exits 1 and says so;
+/// `task --wait` is a long poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_deleted_while_waited_for_exits_1() {
+    use std::io::BufRead as _;
+    let host = Host::start(&[]).await.unwrap();
+    let server = format!("http://{}", host.addr);
+    let client = reqwest::Client::new();
+    matchbox_tests::http::upload_misbehave(&client, &host, "misbehave", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = dir.path().join("candidate.json");
+    std::fs::write(&sleeper, r#"{"id": "sleep"}"#).unwrap();
+    let (sleeper, postings) = (sleeper.to_str().unwrap(), examples("postings.json"));
+    let submit = ["submit", "--candidate", sleeper, "--postings", &postings, "--matcher", "misbehave"];
+
+    // `task --wait` on a job that does not end answers after its wait, with
+    // the task as it is then.
+    let out = run(&server, &submit);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let started = std::time::Instant::now();
+    let polled = run(&server, &["task", &id, "--wait", "1s", "--json"]);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "the long poll held");
+    assert!(polled.status.success(), "{}", String::from_utf8_lossy(&polled.stderr));
+    assert!(matches!(stdout_json(&polled)["status"].as_str(), Some("pending" | "running")));
+    let bad = run(&server, &["task", &id, "--wait", "bogus"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad wait is the server's 400");
+    assert_eq!(client.delete(host.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 204);
+
+    // Off a terminal, `submit --wait` says which task it waits for.
+    let mut waiting = std::process::Command::new(binary())
+        .args(submit)
+        .args(["--wait", "--server", &server])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let id = line.split_whitespace().nth(1).unwrap_or_else(|| panic!("no task id in {line:?}")).to_string();
+    assert_eq!(client.delete(host.url(&format!("/tasks/{id}"))).send().await.unwrap().status(), 204);
+    let status = waiting.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(rest.contains(&format!("the task {id} was deleted before it ended")), "{rest}");
+}

@@ -86,12 +86,55 @@ on_every_store!(
     component_bytes_go_when_nothing_needs_them,
     a_job_whose_task_expires_is_stopped,
     counts_match_a_scan_of_the_keys,
+    matchers_and_long_polls_are_the_deployments,
 );
+
+/// One set of matchers on every host, at once: an upload on one host is
+/// listed and shown on the other (by the API and the CLI) before any job
+/// used it; a removal likewise, from either host. A long poll on a host that
+/// did not accept the job answers when the job ends.
+async fn matchers_and_long_polls_are_the_deployments(d: Deployment) {
+    let hosts = [d.host(&[]).await, d.host(&[]).await];
+    let [a, b] = &hosts;
+    let client = reqwest::Client::new();
+    let names = async |host: &Host| -> Vec<String> {
+        let (_, list) = get(&client, host.url("/matchers"), None).await;
+        list["matchers"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+    };
+
+    upload_misbehave(&client, a, "mine", None).await;
+    assert_eq!(names(b).await, ["mine", "skills", "text"], "listed on the other host at once");
+    let (status, shown) = get(&client, b.url("/matchers/mine"), None).await;
+    assert_eq!((status, &shown["source"], &shown["private"]), (200, &"uploaded".into(), &true.into()));
+    let cli = std::process::Command::new(matchbox_tests::binary())
+        .args(["matchers", "list", "--json", "--server", &format!("http://{}", b.addr)])
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(listed["matchers"][0]["name"], "mine", "the CLI against either host says the same");
+
+    assert_eq!(client.delete(a.url("/matchers/mine")).send().await.unwrap().status(), 204);
+    assert_eq!(names(b).await, ["skills", "text"], "a removal too");
+    assert_eq!(get(&client, b.url("/matchers/mine"), None).await.0, 404);
+
+    // Removed through the host that never had it.
+    upload_misbehave(&client, a, "theirs", None).await;
+    assert_eq!(client.delete(b.url("/matchers/theirs")).send().await.unwrap().status(), 204);
+    assert_eq!(names(a).await, ["skills", "text"]);
+
+    upload_misbehave(&client, a, "misbehave", None).await;
+    let id = task_id(&post(&client, a.url("/jobs/match"), None, &job("misbehave", "slow")).await);
+    let (status, polled) = get(&client, b.url(&format!("/tasks/{id}?wait=30s")), None).await;
+    assert_eq!((status, &polled["status"]), (200, &"completed".into()), "{polled}");
+}
 
 /// A tenants file in `dir` with `tenants`; their keys, in order.
 fn tenants_file(dir: &Path, tenants: &[(&str, NewTenant)]) -> (String, Vec<String>) {
     let path = dir.join("matchbox.toml");
-    let keys = tenants.iter().map(|(name, quotas)| file::add(&path, name, quotas).unwrap()).collect();
+    let keys = tenants
+        .iter()
+        .map(|(name, quotas)| file::add(&path, name, quotas, &file::ServeLimits::default()).unwrap())
+        .collect();
     (path.to_str().unwrap().to_string(), keys)
 }
 

@@ -18,7 +18,10 @@ async fn on_redis(url: &str, extra: &[&str]) -> Host {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_answers_503_and_service_comes_back_by_itself() {
     let mut redis = RedisServer::start().await.unwrap();
-    let host = on_redis(&redis.url(), &[]).await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("stderr.log");
+    let url = redis.url();
+    let host = Host::start_logged(&["--store", &url], &[("RUST_LOG", "info")], Some(&log)).await.unwrap();
     let client = reqwest::Client::new();
     let submit =
         async || client.post(host.url("/jobs/match?wait=30s")).json(&job("skills", "ada")).send().await.unwrap();
@@ -36,12 +39,33 @@ async fn a_redis_outage_answers_503_and_service_comes_back_by_itself() {
     assert_eq!(read.status(), 503);
     assert_eq!(client.get(host.url("/healthz")).send().await.unwrap().status(), 200, "the process itself is fine");
 
+    // Operators still see the host: what it knows without the store.
+    let metrics = client.get(host.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("\nmatchbox_store_up 0\n"), "{metrics}");
+    assert!(metrics.contains("\nprocess_resident_memory_bytes "), "{metrics}");
+    assert!(metrics.contains("\nmatchbox_jobs_total{outcome=\"completed\"} 1\n"), "{metrics}");
+    assert!(!metrics.contains("\nmatchbox_tasks "), "no count it cannot know: {metrics}");
+    let status = client.get(host.url("/status")).send().await.unwrap();
+    assert_eq!(status.status(), 200);
+    let status: Value = status.json().await.unwrap();
+    assert_eq!((&status["store_up"], &status["tasks"]), (&false.into(), &Value::Null), "{status}");
+    assert!(status["resident_memory_bytes"].as_u64().unwrap() > 0);
+
     redis.restart().await.unwrap();
     eventually("the host to be ready again", async || {
         client.get(host.url("/readyz")).send().await.unwrap().status() == 200
     })
     .await;
     assert_eq!(submit().await.status(), 200, "submissions work again without a restart");
+    // One task: the one before the outage went with the Redis that held it.
+    let metrics = client.get(host.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("\nmatchbox_store_up 1\n") && metrics.contains("\nmatchbox_tasks 1\n"), "{metrics}");
+
+    // The 503s it meant are no errors in its log.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.lines().any(|l| l.contains("ERROR") && l.contains("503")), "{log}");
 }
 
 fn uuid_now() -> String {

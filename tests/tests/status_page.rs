@@ -27,8 +27,8 @@ fn chromium() -> PathBuf {
 }
 
 /// Runs headless Chromium on `url` with `args`, letting the page's script
-/// run for a few seconds of virtual time.
-fn headless(url: &str, profile: &tempfile::TempDir, args: &[&str]) -> std::process::Output {
+/// run for `budget_ms` of virtual time.
+fn headless(url: &str, profile: &tempfile::TempDir, budget_ms: u32, args: &[&str]) -> std::process::Output {
     Command::new(chromium())
         .args([
             "--headless",
@@ -39,8 +39,8 @@ fn headless(url: &str, profile: &tempfile::TempDir, args: &[&str]) -> std::proce
             "--disable-component-update",
             "--no-first-run",
             "--hide-scrollbars",
-            "--virtual-time-budget=5000",
         ])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(args)
         .arg(url)
@@ -75,7 +75,7 @@ async fn the_status_page_shows_what_the_api_says() {
     let status: Value = client.get(host.url("/status")).send().await.unwrap().json().await.unwrap();
 
     let profile = tempfile::tempdir().unwrap();
-    let out = headless(&host.url("/"), &profile, &["--dump-dom"]);
+    let out = headless(&host.url("/"), &profile, 5000, &["--dump-dom"]);
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     let dom = String::from_utf8(out.stdout).unwrap();
 
@@ -100,6 +100,12 @@ async fn the_status_page_shows_what_the_api_says() {
         let name = matcher["name"].as_str().unwrap();
         assert!(dom.contains(&format!("<td class=\"name\">{name}</td>")), "matcher {name} is listed");
     }
+    // The figures are read at once on load, not at the first refresh.
+    let early = headless(&host.url("/"), &profile, 300, &["--dump-dom"]);
+    let early = String::from_utf8(early.stdout).unwrap();
+    assert!(text_of(&early, "resident-memory").ends_with(" MiB"), "{}", text_of(&early, "resident-memory"));
+    assert_eq!(text_of(&early, "tasks"), "3");
+
     let page = client.get(host.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(only_local_links(&page) && !page.contains("src=") && !page.contains("href="), "nothing from outside");
 
@@ -108,8 +114,12 @@ async fn the_status_page_shows_what_the_api_says() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let png = artifacts.join("status-page.png");
     let _ = std::fs::remove_file(&png);
-    let out =
-        headless(&host.url("/"), &profile, &[&format!("--screenshot={}", png.display()), "--window-size=1280,860"]);
+    let out = headless(
+        &host.url("/"),
+        &profile,
+        5000,
+        &[&format!("--screenshot={}", png.display()), "--window-size=1280,860"],
+    );
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     let bytes = std::fs::read(&png).expect("the screenshot was written");
     assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "a real PNG ({} bytes)", bytes.len());

@@ -184,12 +184,18 @@ async fn submit(
     let task = app.submit(&tenant, matcher, input).await?;
     let location = HeaderValue::from_str(&format!("/tasks/{}", task.task_id)).expect("a uuid is a valid header");
 
-    if let Some(wait) = wait {
-        let now = app.wait(&tenant, task.task_id, wait).await?;
-        if now.status.is_terminal() {
-            return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(now)).into_response());
+    let task = match wait {
+        Some(wait) => {
+            let now = app.wait(&tenant, task.task_id, wait).await?;
+            if now.status.is_terminal() {
+                return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(now)).into_response());
+            }
+            // Still going: the answer says where it is now (`running`
+            // once a worker took it), not what it was at acceptance.
+            now
         }
-    }
+        None => task,
+    };
     let accepted = Accepted {
         task_id: task.task_id,
         status: task.status,
@@ -216,23 +222,39 @@ fn parse_task_id(raw: &str) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_task_id", format!("'{raw}' is not a task id (a UUID)")))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TaskQuery {
+    /// A long poll: answer once the task has ended, or after this long
+    /// (e.g. `30s`, at most `--max-wait`) with the task as it is then.
+    wait: Option<String>,
+}
+
 /// A task: its status and, once it has ended, its result or error.
-#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task id")),
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "The task id"), TaskQuery),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The task", body = Task),
-        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 200, description = "The task (with ?wait: once it has ended, or as it is when the wait is over)", body = Task),
+        (status = 400, description = "Not a task id, or a bad ?wait", body = ErrorBody),
         (status = 401, description = "No key or a wrong one", body = ErrorBody),
         (status = 404, description = "No such task (or another tenant's)", body = ErrorBody),
         (status = 410, description = "The task's time to live has lapsed", body = ErrorBody),
+        (status = 503, description = "The task store cannot answer", body = ErrorBody),
     ))]
 async fn get_task(
     State(app): State<AppState>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    query: Result<Query<TaskQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Task>, ApiError> {
+    let Query(query) = query?;
     let id = parse_task_id(&id)?;
-    Ok(Json(app.task(&tenant, id).await?))
+    let wait = query.wait.as_deref().map(|w| parse_wait(w, app.http_limits().max_wait)).transpose()?;
+    let task = match wait {
+        Some(wait) => app.poll(&tenant, id, wait).await?,
+        None => app.task(&tenant, id).await?,
+    };
+    Ok(Json(task))
 }
 
 /// Cancel a task's job if it is queued or running, and delete the task.
@@ -244,6 +266,7 @@ async fn get_task(
         (status = 401, description = "No key or a wrong one", body = ErrorBody),
         (status = 404, description = "No such task (or another tenant's)", body = ErrorBody),
         (status = 410, description = "The task's time to live has lapsed", body = ErrorBody),
+        (status = 503, description = "The task store cannot answer", body = ErrorBody),
     ))]
 async fn delete_task(
     State(app): State<AppState>,
@@ -267,7 +290,7 @@ struct MatcherList {
         (status = 401, description = "No key or a wrong one", body = ErrorBody),
     ))]
 async fn list_matchers(State(app): State<AppState>, Caller(tenant): Caller) -> Json<MatcherList> {
-    Json(MatcherList { matchers: app.matchers(&tenant) })
+    Json(MatcherList { matchers: app.matchers(&tenant).await })
 }
 
 /// One matcher.
@@ -283,7 +306,7 @@ async fn get_matcher(
     Caller(tenant): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<MatcherSummary>, ApiError> {
-    Ok(Json(app.matcher(&tenant, &name).ok_or_else(|| unknown_matcher(&name))?))
+    Ok(Json(app.matcher(&tenant, &name).await.ok_or_else(|| unknown_matcher(&name))?))
 }
 
 fn unknown_matcher(name: &str) -> ApiError {
@@ -348,24 +371,24 @@ async fn remove_matcher(
 
 /// Prometheus metrics (OpenMetrics text). On a host with tenants, only the
 /// series that name no tenant and no tenant's matcher; the rest are on the
-/// operators' listener (`--admin-listen`).
+/// operators' listener (`--admin-listen`). Served while the task store is
+/// down too: `matchbox_store_up` reads 0 and the table's series are left out.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses(
         (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
-        (status = 503, description = "The task store cannot answer", body = ErrorBody),
     ))]
-async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn metrics(State(app): State<AppState>) -> Response {
     let view = if app.has_tenants() { View::Public } else { View::Operator };
     metrics_in(&app, view).await
 }
 
-async fn operator_metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+async fn operator_metrics(State(app): State<AppState>) -> Response {
     metrics_in(&app, View::Operator).await
 }
 
-async fn metrics_in(app: &Matchbox, view: View) -> Result<Response, ApiError> {
+async fn metrics_in(app: &Matchbox, view: View) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    Ok(([(header::CONTENT_TYPE, content_type)], app.metrics_text(view).await?).into_response())
+    ([(header::CONTENT_TYPE, content_type)], app.metrics_text(view).await).into_response()
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -89,9 +89,14 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // The answer fits in the socket's buffer: written without
-            // waiting, then the connection is closed.
-            let _ = stream.try_write(BUSY);
+            // The answer fits in the socket's empty send buffer: written
+            // without waiting, then the connection is closed. Written on the
+            // plain socket: tokio's `try_write` on a stream the reactor has
+            // not yet seen writable refuses (`WouldBlock`), and under load
+            // the client would be closed on with nothing said.
+            if let Ok(stream) = stream.into_std() {
+                let _ = std::io::Write::write(&mut &stream, BUSY);
+            }
             continue;
         };
         let service = TowerToHyperService::new(

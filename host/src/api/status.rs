@@ -10,16 +10,19 @@ use axum::extract::State;
 use axum::response::Html;
 use serde::Serialize;
 
-use super::{ApiError, AppState, ErrorBody};
-use crate::metrics::{MemorySample, Present};
+use super::AppState;
+use crate::metrics::{HostFigures, MemorySample};
 use crate::registry::MatcherSummary;
 
 const PAGE: &str = include_str!("status.html");
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
-    /// Tasks held, by status, and their total.
-    tasks: TaskFigures,
+    /// Tasks held, by status, and their total; `null` while the task store
+    /// cannot answer.
+    tasks: Option<TaskFigures>,
+    /// Whether the task store answers.
+    store_up: bool,
     jobs_in_flight: u64,
     queued: u64,
     live_instances: u64,
@@ -42,14 +45,15 @@ struct TaskFigures {
 /// The figures of the status page.
 #[utoipa::path(get, path = "/status", tag = "operations",
     responses(
-        (status = 200, description = "What the host holds right now", body = StatusReport),
-        (status = 503, description = "The task store cannot answer", body = ErrorBody),
+        (status = 200, description = "What the host holds right now (served while the task store is down too)", body = StatusReport),
     ))]
-pub async fn report(State(app): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
-    let Present { tasks, tasks_by_status, jobs_in_flight, queued, live_instances } = app.present().await?;
+pub async fn report(State(app): State<AppState>) -> Json<StatusReport> {
+    let HostFigures { jobs_in_flight, queued, live_instances } = app.host_figures();
+    let table = app.table_counts().await;
     let shared = app.shared_matchers();
-    Ok(Json(StatusReport {
-        tasks: TaskFigures { total: tasks, by_status: tasks_by_status },
+    Json(StatusReport {
+        tasks: table.map(|by_status| TaskFigures { total: by_status.total(), by_status }),
+        store_up: table.is_some(),
         jobs_in_flight,
         queued,
         live_instances,
@@ -57,7 +61,7 @@ pub async fn report(State(app): State<AppState>) -> Result<Json<StatusReport>, A
         memory_history: app.memory_history(),
         matchers: shared,
         draining: app.is_draining(),
-    }))
+    })
 }
 
 /// The live status page.

@@ -44,7 +44,10 @@ pub struct MatchRequest {
 #[serde(deny_unknown_fields)]
 pub struct SkillIn {
     pub name: String,
+    /// The candidate's proficiency in [0, 1]; a skill without one is held
+    /// in full (1.0), the one field whose default is not empty or zero.
     #[serde(default = "one")]
+    #[schema(default = 1.0)]
     pub weight: f32,
 }
 

@@ -267,6 +267,10 @@ impl MatcherShare for Cluster {
             .map_err(share_error)
     }
 
+    async fn names(&self, owner: Option<&str>) -> Result<Vec<(String, String)>, ShareError> {
+        redis::cmd("HGETALL").arg(self.names_key(owner)).query_async(&mut self.redis.clone()).await.map_err(share_error)
+    }
+
     async fn bytes_of(&self, digest: &str) -> Result<Option<Vec<u8>>, ShareError> {
         let [bytes, _, _] = self.component_keys(digest);
         redis::cmd("GET").arg(bytes).query_async(&mut self.redis.clone()).await.map_err(share_error)

@@ -133,10 +133,13 @@ struct Followed {
 }
 
 impl FollowedJobs {
-    /// Follows `tenant`'s job `id` until it ends.
-    pub fn follow(&self, tenant: &str, id: TaskId) {
-        let followed = Followed { tenant: tenant.to_string(), done: CancellationToken::new() };
-        self.jobs.lock().unwrap().insert(id, followed);
+    /// Follows `tenant`'s job `id` until it ends (already followed, it goes
+    /// on as it was); returns what fires when it does.
+    pub fn follow(&self, tenant: &str, id: TaskId) -> CancellationToken {
+        let mut jobs = self.jobs.lock().unwrap();
+        let followed =
+            jobs.entry(id).or_insert_with(|| Followed { tenant: tenant.to_string(), done: CancellationToken::new() });
+        followed.done.clone()
     }
 
     /// Fires once the job has ended; `None` if it is not followed here.

@@ -49,6 +49,10 @@ pub enum Lookup {
     Miss,
     /// A file was there but could not be trusted or loaded; it was removed.
     Rejected(String),
+    /// The file is sound, but the component is over this host's limits for
+    /// one component (as it would be compiled afresh); the file is kept for
+    /// a host with room for it.
+    OverLimits(String),
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +102,14 @@ impl CompiledCache {
         let component = unsafe { Component::deserialize(engine, payload) };
         match component {
             Ok(component) => Lookup::Hit(component),
-            Err(e) => reject(format!("wasmtime refused it: {e}")),
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if crate::runtime::is_over_limits(&e) {
+                    Lookup::OverLimits(format!("{e:#}"))
+                } else {
+                    reject(format!("wasmtime refused it: {e}"))
+                }
+            }
         }
     }
 

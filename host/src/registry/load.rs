@@ -149,7 +149,19 @@ impl MatcherRegistry {
         let owner = access.owner.cloned();
         if self.get_owned(owner.as_ref(), name).is_none() {
             self.check_writable(access, name)?;
-            return Ok(false);
+            // Uploaded on another host and not yet fetched here: still the
+            // deployment's to remove.
+            let elsewhere = match &self.config.share {
+                Some(share) => share
+                    .digest_of(owner.as_deref(), name)
+                    .await
+                    .map_err(|e| LoadError::Storage(e.to_string()))?
+                    .is_some(),
+                None => false,
+            };
+            if !elsewhere {
+                return Ok(false);
+            }
         }
         if owner.is_none() {
             self.check_writable(access, name)?;
@@ -192,8 +204,10 @@ impl MatcherRegistry {
         bytes: Vec<u8>,
         source: Source,
     ) -> Result<Matcher, LoadError> {
+        // The cap is for uploads: built-in and directory matchers are the
+        // operator's own.
         let cap = self.config.max_component_size;
-        if bytes.len() > cap && source != Source::Builtin {
+        if bytes.len() > cap && source == Source::Uploaded {
             return Err(LoadError::TooLarge { size: bytes.len(), cap });
         }
         check_header(&bytes)?;
@@ -226,6 +240,7 @@ impl MatcherRegistry {
                 match cache.load(&engine, &digest) {
                     Lookup::Hit(component) => return Ok((component, How::Cached)),
                     Lookup::Miss => {}
+                    Lookup::OverLimits(why) => return Err(LoadError::OverLimits(why)),
                     Lookup::Rejected(why) => {
                         tracing::warn!(%why, "recompiling: a cache file could not be trusted");
                         how = How::Recompiled;

@@ -101,7 +101,9 @@ impl std::fmt::Debug for Matcher {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MatcherSummary {
     pub name: String,
-    /// Whether it is the caller's own upload rather than a shared matcher.
+    /// Whether it is an upload of the caller's: with tenants, the tenant's
+    /// own (no other tenant sees it); on a host without tenants, any
+    /// upload, the one caller's. Built-in and directory matchers are not.
     pub private: bool,
     pub version: String,
     pub description: String,
@@ -115,7 +117,9 @@ impl Matcher {
     pub fn summary(&self) -> MatcherSummary {
         MatcherSummary {
             name: self.name.clone(),
-            private: self.owner.is_some(),
+            // An upload without an owner is the implicit tenant's (a host
+            // without tenants): still the caller's own.
+            private: self.owner.is_some() || self.source == Source::Uploaded,
             version: self.info.version.clone(),
             description: self.info.description.clone(),
             digest: self.digest.clone(),

@@ -26,6 +26,9 @@ pub trait MatcherShare: Send + Sync {
     /// The digest `owner`'s `name` means across the deployment.
     async fn digest_of(&self, owner: Option<&str>, name: &str) -> Result<Option<String>, ShareError>;
 
+    /// Every name of `owner`'s across the deployment, with its digest.
+    async fn names(&self, owner: Option<&str>) -> Result<Vec<(String, String)>, ShareError>;
+
     /// A component's bytes, by digest.
     async fn bytes_of(&self, digest: &str) -> Result<Option<Vec<u8>>, ShareError>;
 }
@@ -86,6 +89,37 @@ impl MatcherRegistry {
             }
             (None, None) => Ok(()),
         }
+    }
+
+    /// Brings all of `access`'s uploads in line with the deployment's
+    /// record ([`sync`](Self::sync) for each name it holds), and forgets
+    /// the uploads it no longer holds: what a listing shows is the
+    /// deployment's, whichever host uploaded or removed.
+    pub async fn sync_all(&self, access: Access<'_>) -> Result<(), ShareError> {
+        let Some(share) = &self.config.share else { return Ok(()) };
+        let owner = access.owner.cloned();
+        for (name, _) in share.names(owner.as_deref()).await? {
+            self.sync(access, &name).await?;
+        }
+        // Decided under the lock uploads and removals hold, against a fresh
+        // read: an upload of this host that lands meanwhile is not
+        // forgotten for missing from an older read.
+        let _change = self.changes.lock().await;
+        let held: std::collections::HashSet<String> =
+            share.names(owner.as_deref()).await?.into_iter().map(|(name, _)| name).collect();
+        let gone: Vec<String> = self
+            .matchers
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|((o, name), m)| *o == owner && m.source == Source::Uploaded && !held.contains(name))
+            .map(|((_, name), _)| name.clone())
+            .collect();
+        for name in gone {
+            tracing::info!(name, tenant = %access.caller, "a matcher removed on another host; forgotten here");
+            self.forget(owner.clone(), &name);
+        }
+        Ok(())
     }
 
     /// The matcher of a job another host accepted for `access`: the exact

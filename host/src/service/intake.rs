@@ -124,7 +124,7 @@ impl JobIntake {
                 );
                 if let Some(cluster) = &self.cluster {
                     self.hand_to_the_deployment(cluster, tenant, &task, &matcher, input).await?;
-                    self.followed.follow(&tenant.name, task.task_id);
+                    let _ = self.followed.follow(&tenant.name, task.task_id);
                     return Ok(Some(task));
                 }
                 let id = task.task_id;

@@ -22,12 +22,14 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::jobs::{FollowedJobs, JobRunner, JobTracker};
-use crate::metrics::{MemoryHistory, MemorySample, Metrics, Present, View};
+use crate::metrics::{HostFigures, MemoryHistory, MemorySample, Metrics, Present, View};
 use crate::registry::{
     LoadError, LoadStats, MatcherRef, MatcherRegistry, MatcherSummary, RegistryConfig, ResolveError,
 };
 use crate::runtime::{JobInput, LiveInstances, Sandbox, SandboxConfig};
-use crate::tasks::{Backend, Clock, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskId, TaskStore};
+use crate::tasks::{
+    Backend, Clock, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskCounts, TaskId, TaskStore,
+};
 use crate::tenants::{AuthError, HostLimits, Tenant, Tenants};
 use intake::JobIntake;
 
@@ -128,7 +130,10 @@ impl Matchbox {
         let (store, cluster) = open_store(&settings, &tenants, clock, &tracker, &metrics).await?;
         let sandbox = Arc::new(Sandbox::new(settings.sandbox()).context("creating the wasm engine")?);
         let registry = Arc::new(open_registry(&settings, &sandbox, &cluster).await?);
-        tenants.check_matchers(&registry.names())?;
+        tenants.check_matchers(&registry.names()).map_err(|e| match &settings.tenants_file {
+            Some(path) => anyhow::anyhow!("{}: {e}", path.display()),
+            None => e,
+        })?;
         let jobs = JobRunner::start(
             settings.limits.workers,
             settings.limits.queue,
@@ -250,6 +255,36 @@ impl Matchbox {
         self.task(tenant, id).await
     }
 
+    /// `tenant`'s task once it has ended, or as it is after `timeout`: a
+    /// long poll, answered on any host of a deployment (a job another host
+    /// accepted is followed from here until it ends).
+    pub async fn poll(&self, tenant: &Tenant, id: TaskId, timeout: Duration) -> Result<Task, LookupError> {
+        // The signal first, then the read: an end between the two still
+        // fires the signal (or, with the memory store, leaves no job to
+        // wait for and the read sees it).
+        let mut followed_here = false;
+        let done = self.job_done(id).or_else(|| {
+            self.cluster.as_ref().map(|_| {
+                followed_here = true;
+                self.followed.follow(&tenant.name, id)
+            })
+        });
+        let task = self.task(tenant, id).await;
+        let ended = task.as_ref().map_or(true, |t| t.status.is_terminal());
+        match done {
+            Some(done) if !ended && !timeout.is_zero() => {
+                let _ = tokio::time::timeout(timeout, done.cancelled()).await;
+                self.task(tenant, id).await
+            }
+            _ => {
+                if followed_here && ended {
+                    self.followed.ended(id);
+                }
+                task
+            }
+        }
+    }
+
     /// Fires once the job of task `id` has ended and its outcome is written;
     /// `None` if no such job is in flight here or followed from here.
     pub fn job_done(&self, id: TaskId) -> Option<CancellationToken> {
@@ -261,13 +296,21 @@ impl Matchbox {
         self.jobs.tracker().wait_empty().await
     }
 
-    /// The matchers `tenant` may use.
-    pub fn matchers(&self, tenant: &Tenant) -> Vec<MatcherSummary> {
+    /// The matchers `tenant` may use: with several hosts, the deployment's
+    /// (an upload or removal on any host shows at once). While the
+    /// deployment cannot be reached, what this host has.
+    pub async fn matchers(&self, tenant: &Tenant) -> Vec<MatcherSummary> {
+        if let Err(err) = self.registry.sync_all(tenant.access()).await {
+            tracing::debug!(%err, "cannot read the deployment's matchers; listing this host's");
+        }
         self.registry.list(tenant.access()).iter().map(|m| m.summary()).collect()
     }
 
-    /// One matcher `tenant` may use.
-    pub fn matcher(&self, tenant: &Tenant, name: &str) -> Option<MatcherSummary> {
+    /// One matcher `tenant` may use, as the deployment has it.
+    pub async fn matcher(&self, tenant: &Tenant, name: &str) -> Option<MatcherSummary> {
+        if let Err(err) = self.registry.sync(tenant.access(), name).await {
+            tracing::debug!(%err, name, "cannot read the deployment's matchers; answering from this host's");
+        }
         self.registry.find(tenant.access(), name).map(|m| m.summary())
     }
 
@@ -340,13 +383,22 @@ impl Matchbox {
     /// What the host holds right now.
     pub async fn present(&self) -> Result<Present, StoreError> {
         let by_status = self.store.counts().await?;
-        Ok(Present {
-            tasks: by_status.total(),
-            tasks_by_status: by_status,
+        Ok(Present { tasks: by_status.total(), tasks_by_status: by_status, host: self.host_figures() })
+    }
+
+    /// What this host knows without its store: jobs, queue, instances.
+    pub fn host_figures(&self) -> HostFigures {
+        HostFigures {
             jobs_in_flight: self.jobs.tracker().len() as u64,
             queued: self.jobs.queue().len() as u64,
             live_instances: self.sandbox.live().get() as u64,
-        })
+        }
+    }
+
+    /// The task table's counts by status; `None` (and a debug line) while
+    /// the store cannot answer, for the views that serve without it.
+    pub async fn table_counts(&self) -> Option<TaskCounts> {
+        self.store.counts().await.inspect_err(|err| tracing::debug!(%err, "cannot count the task table")).ok()
     }
 
     /// Resident memory over the last minutes, oldest first.
@@ -356,12 +408,12 @@ impl Matchbox {
 
     /// The Prometheus text exposition of `view`. The series of matchers no
     /// longer known are dropped first.
-    pub async fn metrics_text(&self, view: View) -> Result<String, StoreError> {
-        let present = self.present().await?;
+    pub async fn metrics_text(&self, view: View) -> String {
+        let table = self.table_counts().await;
         self.metrics.retain_matchers(|tenant, matcher| {
             self.tenants.get(tenant).is_some_and(|t| self.registry.find(t.access(), matcher).is_some())
         });
-        Ok(self.metrics.render(present, view))
+        self.metrics.render(self.host_figures(), table, view)
     }
 
     /// Whether the host has tenants (a tenants file): then what names them

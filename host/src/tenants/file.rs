@@ -81,12 +81,12 @@ pub struct NewTenant {
     /// (default: a share of --max-tasks).
     #[arg(long)]
     pub tasks: Option<usize>,
-    /// Memory of one of its jobs, e.g. 64MiB.
-    #[arg(long, value_parser = crate::support::units::parse_size)]
-    pub memory: Option<usize>,
-    /// Deadline of one of its jobs, e.g. 5s.
-    #[arg(long, value_parser = crate::support::units::parse_duration)]
-    pub deadline: Option<std::time::Duration>,
+    /// Memory of one of its jobs, e.g. 64MiB (written as typed).
+    #[arg(long, value_parser = size_as_typed)]
+    pub memory: Option<String>,
+    /// Deadline of one of its jobs, e.g. 5s (written as typed).
+    #[arg(long, value_parser = duration_as_typed)]
+    pub deadline: Option<String>,
     /// Postings in one of its jobs.
     #[arg(long)]
     pub postings: Option<usize>,
@@ -95,12 +95,83 @@ pub struct NewTenant {
     pub uploads: Option<usize>,
 }
 
+fn size_as_typed(s: &str) -> Result<String, String> {
+    crate::support::units::parse_size(s).map(|_| s.trim().to_string())
+}
+
+fn duration_as_typed(s: &str) -> Result<String, String> {
+    crate::support::units::parse_duration(s).map(|_| s.trim().to_string())
+}
+
+/// The `serve` settings a new tenant is checked against, from the same
+/// flags and environment variables as `matchbox serve`, so that `tenant add`
+/// refuses what `serve` would refuse, with the same message.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeLimits {
+    /// The `--max-memory` of the hosts that will read the file.
+    #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = super::defaults::MAX_MEMORY, value_parser = crate::support::units::parse_positive_size)]
+    pub max_memory: usize,
+    /// The `--job-timeout` of the hosts that will read the file.
+    #[arg(long, env = "MATCHBOX_JOB_TIMEOUT", default_value = super::defaults::JOB_TIMEOUT, value_parser = crate::support::units::parse_positive_duration)]
+    pub job_timeout: std::time::Duration,
+    /// The `--max-tasks` of the hosts that will read the file.
+    #[arg(long, env = "MATCHBOX_MAX_TASKS", default_value = super::defaults::MAX_TASKS, value_parser = crate::support::units::parse_count)]
+    pub max_tasks: usize,
+    /// The `--matchers-dir` of the hosts that will read the file: its
+    /// `<name>.wasm` files are shared matchers a tenant may be allowed.
+    #[arg(long, env = "MATCHBOX_MATCHERS_DIR")]
+    pub matchers_dir: Option<std::path::PathBuf>,
+}
+
+/// What `matchbox serve` runs with when given nothing.
+impl Default for ServeLimits {
+    fn default() -> Self {
+        let host = super::HostLimits::default();
+        ServeLimits {
+            max_memory: host.max_memory,
+            job_timeout: host.job_timeout,
+            max_tasks: host.max_tasks,
+            matchers_dir: None,
+        }
+    }
+}
+
+impl ServeLimits {
+    fn host_limits(&self) -> super::HostLimits {
+        super::HostLimits {
+            max_memory: self.max_memory,
+            job_timeout: self.job_timeout,
+            max_tasks: self.max_tasks,
+            ..super::HostLimits::default()
+        }
+    }
+
+    /// The shared matchers such a host has: the built-ins and the
+    /// directory's.
+    fn shared_matchers(&self) -> anyhow::Result<Vec<String>> {
+        let mut names: Vec<String> = crate::registry::BUILTINS.iter().map(|(name, _)| name.to_string()).collect();
+        if let Some(dir) = &self.matchers_dir {
+            let entries = std::fs::read_dir(dir)
+                .map_err(|e| anyhow::anyhow!("reading the matchers directory {}: {e}", dir.display()))?;
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                if path.extension().is_some_and(|e| e == "wasm")
+                    && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+                {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
 /// Adds a tenant to the file at `path` (created if missing) with a fresh
 /// key, and returns the key: the only time it exists outside the caller's
 /// hands. The file keeps its comments and layout: the new table is
-/// appended, the whole is parsed again before it replaces the old file,
-/// and it is replaced atomically.
-pub fn add(path: &Path, name: &str, new: &NewTenant) -> anyhow::Result<String> {
+/// appended, the whole is checked as `serve` under `limits` would check it
+/// before it replaces the old file, and it is replaced atomically.
+pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &ServeLimits) -> anyhow::Result<String> {
     super::check_name(name)?;
     let old = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -141,13 +212,16 @@ pub fn add(path: &Path, name: &str, new: &NewTenant) -> anyhow::Result<String> {
             text.push_str(&format!("{field} = {value}\n"));
         }
     }
-    if let Some(memory) = new.memory {
+    if let Some(memory) = &new.memory {
         text.push_str(&format!("memory = \"{memory}\"\n"));
     }
-    if let Some(deadline) = new.deadline {
-        text.push_str(&format!("deadline = \"{}\"\n", humantime::format_duration(deadline)));
+    if let Some(deadline) = &new.deadline {
+        text.push_str(&format!("deadline = \"{deadline}\"\n"));
     }
-    TenantsFile::parse(&text).map_err(|e| anyhow::anyhow!("the new file would not parse (a bug): {e}"))?;
+    let file = TenantsFile::parse(&text).map_err(|e| anyhow::anyhow!("the new file would not parse (a bug): {e}"))?;
+    let in_file = |e: anyhow::Error| anyhow::anyhow!("{}: {e}", path.display());
+    let tenants = super::Tenants::from_file(file, &limits.host_limits()).map_err(in_file)?;
+    tenants.check_matchers(&limits.shared_matchers()?).map_err(in_file)?;
 
     crate::support::files::write_atomically(path, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
@@ -163,15 +237,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("matchbox.toml");
         std::fs::write(&path, "# operators' notes\n").unwrap();
-        let key = add(&path, "acme", &NewTenant::default()).unwrap();
+        let key = add(&path, "acme", &NewTenant::default(), &limits()).unwrap();
         let new = NewTenant {
             matchers: Some(vec!["skills".into()]),
             concurrent_jobs: Some(2),
-            memory: Some(64 << 20),
-            deadline: Some(std::time::Duration::from_secs(5)),
+            memory: Some("64MiB".into()),
+            deadline: Some("5s".into()),
             ..NewTenant::default()
         };
-        add(&path, "globex", &new).unwrap();
+        add(&path, "globex", &new, &limits()).unwrap();
 
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# operators' notes\n"), "{text}");
@@ -181,13 +255,28 @@ mod tests {
         assert!(keys::KeyHash::from_hex(&file.tenants[0].key_sha256).unwrap().matches(&keys::KeyHash::of(&key)));
         let globex = &file.tenants[1];
         assert_eq!(globex.matchers.as_deref(), Some(&["skills".to_string()][..]));
-        assert_eq!((globex.concurrent_jobs, globex.memory.as_deref()), (Some(2), Some("67108864")));
+        assert_eq!((globex.concurrent_jobs, globex.memory.as_deref()), (Some(2), Some("64MiB")), "as typed");
         assert_eq!(globex.deadline.as_deref(), Some("5s"));
 
-        let again = add(&path, "acme", &NewTenant::default()).unwrap_err().to_string();
+        let again = add(&path, "acme", &NewTenant::default(), &limits()).unwrap_err().to_string();
         assert!(again.contains("already has a tenant named 'acme'"), "{again}");
-        assert!(add(&path, "Not A Name", &NewTenant::default()).is_err());
+        assert!(add(&path, "Not A Name", &NewTenant::default(), &limits()).is_err());
+
+        // What `serve` would refuse is refused when adding, with its message.
+        let big = NewTenant { memory: Some("1GiB".into()), ..NewTenant::default() };
+        let err = add(&path, "initech", &big, &limits()).unwrap_err().to_string();
+        assert!(
+            err.contains("tenant 'initech': memory = 1073741824 bytes is more than the host's --max-memory"),
+            "{err}"
+        );
+        let typo = NewTenant { matchers: Some(vec!["nosuch".into()]), ..NewTenant::default() };
+        let err = add(&path, "initech", &typo, &limits()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: tenant 'initech' may use matcher 'nosuch'", path.display())), "{err}");
         assert_eq!(TenantsFile::read(&path).unwrap().tenants.len(), 2, "failed adds change nothing");
+    }
+
+    fn limits() -> ServeLimits {
+        ServeLimits::default()
     }
 
     #[test]

@@ -44,6 +44,14 @@ use keys::KeyHash;
 /// The implicit tenant of a host without a tenants file.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The defaults of the host limits a tenants file is checked against, as
+/// `matchbox serve` and `matchbox tenant add` write them.
+pub mod defaults {
+    pub const MAX_MEMORY: &str = "256MiB";
+    pub const JOB_TIMEOUT: &str = "10s";
+    pub const MAX_TASKS: &str = "100000";
+}
+
 /// The host's own limits: the ceiling of every quota, and what a tenant
 /// gets for each quota it leaves out.
 #[derive(Debug, Clone, PartialEq, Eq)]
