@@ -135,7 +135,12 @@ async fn a_bad_tenants_file_fails_before_the_host_says_it_serves() {
 async fn logs_in_a_file_are_plain_and_the_builtins_say_what_they_ranked() {
     let (host, dir) = start(&[], &[("RUST_LOG", "info,matchbox::guest=debug")]).await;
     let host = host.unwrap();
-    let reply = reqwest::Client::new().post(host.url("/jobs/match?wait=30s")).json(&job()).send().await.unwrap();
+    let client = reqwest::Client::new();
+    let reply = client.post(host.url("/jobs/match?wait=30s")).json(&job()).send().await.unwrap();
+    assert_eq!(reply.status(), 200);
+    matchbox_tests::http::upload_misbehave(&client, &host, "misbehave", None).await;
+    let failing = matchbox_tests::http::job("misbehave", "invalid");
+    let reply = client.post(host.url("/jobs/match?wait=30s")).json(&failing).send().await.unwrap();
     assert_eq!(reply.status(), 200);
     host.terminate().await.unwrap();
     let log = log_of(&dir);
@@ -147,6 +152,8 @@ async fn logs_in_a_file_are_plain_and_the_builtins_say_what_they_ranked() {
             && line.contains("matcher=skills}: matchbox::guest: ranked 2 postings, kept 2"),
         "{line}"
     );
+    let failed = log.lines().find(|l| l.contains("job failed")).unwrap_or_else(|| panic!("no failure line: {log}"));
+    assert!(failed.contains("matcher=misbehave}: matchbox::jobs: job failed kind=invalid_input reason=\""), "{failed}");
 }
 
 /// A host whose limits a cached component is over says that, not that the

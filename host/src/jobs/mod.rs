@@ -226,7 +226,9 @@ async fn run_one(mut job: Job, w: &Worker) {
             TaskOutcome::Cancelled
         }
         Err(failure) => {
-            tracing::info!(kind = %failure.kind, message = %failure.message, "job failed");
+            // `reason`, not `message`: tracing takes a field of that name
+            // for the event's own message.
+            tracing::info!(kind = %failure.kind, reason = ?failure.message, "job failed");
             TaskOutcome::Failed(failure)
         }
     };
