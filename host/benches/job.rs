@@ -1,9 +1,10 @@
 //! The sandbox's costs against baselines measured in the same run.
 //!
 //! - `overhead`: one job of `skills` on 10 postings (a fresh instance, `rank`,
-//!   the Store dropped) against wasmtime instantiating and calling a trivial
-//!   component (one export, no arguments) on the same engine, the same way
-//!   (async, pooling allocator, epoch interruption).
+//!   the Store dropped), and one of a WASI component that answers at once
+//!   (`misbehave`, one posting), against wasmtime instantiating and calling a
+//!   trivial component (one export, no arguments) on the same engine, the
+//!   same way (async, pooling allocator, epoch interruption).
 //! - `compute`: `skills` and `text` on 1,000 postings, compiled natively and
 //!   called directly (the input converted from the host's types and the
 //!   answer back, as the host would have to) against the same job in wasm.
@@ -31,6 +32,22 @@ const TRIVIAL: &str = r#"(component
     (core instance $i (instantiate $m))
     (func (export "run") (canon lift (core func $i "run"))))"#;
 
+/// What `matchbox` does at start: wasmtime builds an error value whenever a
+/// Store drops, and under `RUST_BACKTRACE=1` (set in CI and in many shells)
+/// each one captures a backtrace, which made the trivial component 4 times
+/// slower (25 µs against 6.5 µs) and every job slower than a host runs it.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called before this benchmark's runtime exists; criterion
+        // runs the benchmarks on this one thread, and nothing else reads the
+        // environment meanwhile.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", "0")
+        };
+    }
+}
+
 struct Fixture {
     rt: tokio::runtime::Runtime,
     sandbox: Arc<Sandbox>,
@@ -39,6 +56,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    quiet_library_backtraces();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
     let registry = rt.block_on(MatcherRegistry::open(sandbox.clone(), RegistryConfig::default())).unwrap();
@@ -70,6 +88,17 @@ fn overhead(c: &mut Criterion) {
             let instance = pre.instantiate_async(&mut store).await.unwrap();
             let run = instance.get_typed_func::<(), ()>(&mut store, "run").unwrap();
             run.call_async(&mut store, ()).await.unwrap();
+        })
+    });
+    // A WASI component (Rust's standard library for wasm32-wasip2) that
+    // answers at once: `misbehave` ranking one posting, 0.5 each, no work.
+    let misbehave = Component::from_file(&engine, matchbox::testing::MISBEHAVE_WASM).unwrap();
+    let immediate = f.sandbox.prepare(&misbehave).unwrap();
+    let one = sample_input(1);
+    group.bench_function("wasi-immediate", |b| {
+        b.to_async(&f.rt).iter(|| async {
+            let report = f.sandbox.rank(&immediate, &one, &f.limits, CancellationToken::new()).await;
+            assert!(report.outcome.is_ok());
         })
     });
     group.bench_function("skills-10", |b| b.to_async(&f.rt).iter(|| f.job("skills", &input)));

@@ -40,8 +40,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // As `matchbox` does: no backtrace in every error wasmtime builds when a
+    // Store drops (see host/src/main.rs), so jobs cost what a host pays.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet; the runtime is built below.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("RUST_LIB_BACKTRACE", "0")
+        };
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let bytes = std::fs::read(&args.component).with_context(|| format!("reading {}", args.component.display()))?;
     let settings = matchbox::service::Settings::from(matchbox::Config::default());

@@ -45,7 +45,7 @@ pub fn rank_via<M: crate::Matcher>(
         desired_salary: candidate.desired_salary,
         summary: candidate.summary,
     };
-    let postings: Vec<model::Posting> = postings
+    let postings = postings
         .into_iter()
         .map(|p| model::Posting {
             id: p.id,
@@ -61,17 +61,11 @@ pub fn rank_via<M: crate::Matcher>(
         })
         .collect();
     let options = model::Options { top_k: options.top_k, min_score: options.min_score };
-    let given = postings.len();
     match M::rank(candidate, postings, options) {
-        Ok(rankings) => {
-            // One line per job, at debug: what the host shows of a job with
-            // `RUST_LOG=matchbox=debug`.
-            log(crate::Level::Debug, &format!("ranked {given} postings, kept {}", rankings.len()));
-            Ok(rankings
-                .into_iter()
-                .map(|r| bindings::Ranking { posting_id: r.posting_id, score: r.score, reasons: r.reasons })
-                .collect())
-        }
+        Ok(rankings) => Ok(rankings
+            .into_iter()
+            .map(|r| bindings::Ranking { posting_id: r.posting_id, score: r.score, reasons: r.reasons })
+            .collect()),
         Err(model::MatchError::InvalidInput(m)) => Err(bindings::MatchError::InvalidInput(m)),
         Err(model::MatchError::Internal(m)) => Err(bindings::MatchError::Internal(m)),
     }

@@ -49,6 +49,14 @@ impl Matcher for Skills {
 
     fn rank(candidate: Candidate, postings: Vec<Posting>, options: Options) -> Result<Vec<Ranking>, MatchError> {
         check::inputs(&candidate, &postings, &options)?;
+        if candidate.skills.is_empty() {
+            // Logged only when it matters: a line per job would cost every
+            // job a few microseconds of crossing into the host.
+            matchbox_guest_kit::log(
+                matchbox_guest_kit::Level::Info,
+                "the candidate lists no skills: only postings that require none can score on skills",
+            );
+        }
         let profile = Profile::new(&candidate);
         let scored = postings.iter().map(|p| profile.score(p)).collect();
         Ok(select::best_first(scored, &options))
