@@ -29,6 +29,10 @@ async fn served(host: &Host) -> bool {
     reply.is_ok_and(|r| r.status() == 200)
 }
 
+/// A request's headers announcing a body, and the body's first byte only.
+const STALLED_HEAD: &str =
+    "POST /jobs/match HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
+
 /// Opens `n` connections to `host`: the even ones send nothing at all, the
 /// odd ones a request's headers announcing a body, and no body.
 async fn hold(host: &Host, n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
@@ -37,8 +41,7 @@ async fn hold(host: &Host, n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
     for i in 0..n {
         let mut stream = TcpStream::connect(host.addr).await.unwrap();
         if i % 2 == 1 {
-            let head = "POST /jobs/match HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{";
-            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(STALLED_HEAD.as_bytes()).await.unwrap();
             stalled.push(stream);
         } else {
             silent.push(stream);
@@ -48,19 +51,28 @@ async fn hold(host: &Host, n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
 }
 
 /// Past the cap, every connection is told so and closed at once, and the
-/// host's memory stays put. The held connections' deadlines are longer than
-/// any flood can take, so none of them frees its place meanwhile (which
-/// would let a flood connection in, to be closed silently at its header
-/// deadline).
+/// host's memory stays put. The held connections have sent their headers
+/// and stall their bodies, under a body deadline longer than any flood can
+/// take, so none of them gives its place up meanwhile. One place may free
+/// up during the flood: the connection `Host::start` checked `/healthz`
+/// on, closed by then on the test's side but perhaps not yet seen closed
+/// by the host. A flood connection let into it says nothing and is closed
+/// at the short header deadline; at most one such is allowed.
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_cap_are_told_503_at_once() {
     const HELD: usize = 64;
-    let flags = ["--max-connections", "64", "--header-timeout", "10m", "--body-timeout", "10m"];
+    let flags = ["--max-connections", "64", "--header-timeout", "2s", "--body-timeout", "10m"];
     let host = Host::start(&flags).await.unwrap();
     let rss_before = host.rss_bytes().unwrap();
-    let (_silent, _stalled) = hold(&host, HELD).await;
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let mut stream = TcpStream::connect(host.addr).await.unwrap();
+        stream.write_all(STALLED_HEAD.as_bytes()).await.unwrap();
+        held.push(stream);
+    }
     // 2,000 of them, 250 at a time (the listen backlog holds 1,024).
     let addr = host.addr;
+    let mut let_in = 0;
     for _ in 0..8 {
         let batch: Vec<_> = (0..250)
             .map(|_| {
@@ -72,13 +84,19 @@ async fn connections_past_the_cap_are_told_503_at_once() {
             .collect();
         for said in batch {
             let said = said.await.unwrap();
+            if said.is_empty() {
+                let_in += 1;
+                continue;
+            }
             assert!(said.starts_with("HTTP/1.1 503") && said.contains("too_many_connections"), "{said:?}");
         }
     }
+    assert!(let_in <= 1, "{let_in} connections past the cap were let in");
     let rss_during = host.rss_bytes().unwrap();
     let grew = rss_during.saturating_sub(rss_before);
     eprintln!("resident memory {rss_before} bytes before, {rss_during} with {HELD} connections held, 2,000 refused");
     assert!(grew < 32 << 20, "resident memory grew by {grew} bytes under the flood of connections");
+    drop(held);
 }
 
 /// A connection that sends no headers is closed at its header deadline; a
