@@ -22,8 +22,10 @@ use crate::tenants::HostLimits;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "matchbox serve", about = "Serve the matchbox HTTP API on its embedded defaults.")]
 pub struct Config {
-    /// Address to listen on. Without a tenants file (`--config`) only a
-    /// loopback address is allowed, unless `--insecure-no-auth` is given.
+    /// Address to listen on (`127.0.0.1:8080`, `[::1]:8080`, or a host name
+    /// and port such as `localhost:8080`). Without a tenants file
+    /// (`--config`) only a loopback address is allowed, unless
+    /// `--insecure-no-auth` is given.
     #[arg(long, env = "MATCHBOX_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
