@@ -70,7 +70,7 @@ enum TenantCommand {
         #[command(flatten)]
         quotas: matchbox::tenants::file::NewTenant,
         #[command(flatten)]
-        limits: matchbox::tenants::file::ServeLimits,
+        limits: matchbox::tenants::file::HostFlags,
     },
 }
 

@@ -27,7 +27,7 @@ async fn host(tenants: &[(&str, NewTenant)], configure: impl FnOnce(&mut Config)
     configure(&mut config);
     // Checked against the host that will read the file, as an operator's
     // `tenant add` with the host's flags would be.
-    let limits = file::ServeLimits {
+    let limits = file::HostFlags {
         max_memory: config.max_memory,
         job_timeout: config.job_timeout,
         max_tasks: config.max_tasks,

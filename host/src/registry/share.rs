@@ -47,12 +47,26 @@ impl MatcherRegistry {
     /// needed it is refused as naming an unknown matcher.
     pub async fn sync(&self, access: Access<'_>, name: &str) -> Result<(), ShareError> {
         let Some(share) = &self.config.share else { return Ok(()) };
-        let owner = access.owner.cloned();
-        let local = self.get_owned(owner.as_ref(), name);
-        if local.as_ref().is_some_and(|m| m.source != Source::Uploaded) || check_name(name).is_err() {
+        if !self.syncs(access, name) {
             return Ok(());
         }
-        let remote = share.digest_of(owner.as_deref(), name).await?;
+        let remote = share.digest_of(access.owner.map(|o| &**o), name).await?;
+        self.sync_to(access, name, remote).await
+    }
+
+    /// Whether `access`'s `name` is one the deployment's record decides: an
+    /// upload, or no matcher here at all.
+    fn syncs(&self, access: Access<'_>, name: &str) -> bool {
+        let local = self.get_owned(access.owner, name);
+        !local.is_some_and(|m| m.source != Source::Uploaded) && check_name(name).is_ok()
+    }
+
+    /// Brings `access`'s `name` in line with `remote`, the digest the
+    /// deployment's record gives it (`None`: it has none).
+    async fn sync_to(&self, access: Access<'_>, name: &str, remote: Option<String>) -> Result<(), ShareError> {
+        let Some(share) = &self.config.share else { return Ok(()) };
+        let owner = access.owner.cloned();
+        let local = self.get_owned(owner.as_ref(), name);
         match (remote, local) {
             (Some(digest), Some(local)) if local.digest == digest => Ok(()),
             (Some(digest), local) => {
@@ -98,8 +112,10 @@ impl MatcherRegistry {
     pub async fn sync_all(&self, access: Access<'_>) -> Result<(), ShareError> {
         let Some(share) = &self.config.share else { return Ok(()) };
         let owner = access.owner.cloned();
-        for (name, _) in share.names(owner.as_deref()).await? {
-            self.sync(access, &name).await?;
+        for (name, digest) in share.names(owner.as_deref()).await? {
+            if self.syncs(access, &name) {
+                self.sync_to(access, &name, Some(digest)).await?;
+            }
         }
         // Decided under the lock uploads and removals hold, against a fresh
         // read: an upload of this host that lands meanwhile is not

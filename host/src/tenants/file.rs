@@ -107,7 +107,7 @@ fn duration_as_typed(s: &str) -> Result<String, String> {
 /// flags and environment variables as `matchbox serve`, so that `tenant add`
 /// refuses what `serve` would refuse, with the same message.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ServeLimits {
+pub struct HostFlags {
     /// The `--max-memory` of the hosts that will read the file.
     #[arg(long, env = "MATCHBOX_MAX_MEMORY", default_value = super::defaults::MAX_MEMORY, value_parser = crate::support::units::parse_positive_size)]
     pub max_memory: usize,
@@ -124,10 +124,10 @@ pub struct ServeLimits {
 }
 
 /// What `matchbox serve` runs with when given nothing.
-impl Default for ServeLimits {
+impl Default for HostFlags {
     fn default() -> Self {
         let host = super::HostLimits::default();
-        ServeLimits {
+        HostFlags {
             max_memory: host.max_memory,
             job_timeout: host.job_timeout,
             max_tasks: host.max_tasks,
@@ -136,7 +136,7 @@ impl Default for ServeLimits {
     }
 }
 
-impl ServeLimits {
+impl HostFlags {
     fn host_limits(&self) -> super::HostLimits {
         super::HostLimits {
             max_memory: self.max_memory,
@@ -171,7 +171,7 @@ impl ServeLimits {
 /// hands. The file keeps its comments and layout: the new table is
 /// appended, the whole is checked as `serve` under `limits` would check it
 /// before it replaces the old file, and it is replaced atomically.
-pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &ServeLimits) -> anyhow::Result<String> {
+pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &HostFlags) -> anyhow::Result<String> {
     super::check_name(name)?;
     let old = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -275,8 +275,8 @@ mod tests {
         assert_eq!(TenantsFile::read(&path).unwrap().tenants.len(), 2, "failed adds change nothing");
     }
 
-    fn limits() -> ServeLimits {
-        ServeLimits::default()
+    fn limits() -> HostFlags {
+        HostFlags::default()
     }
 
     #[test]
