@@ -6,6 +6,12 @@
 //! waits on the lock of the outer one and stays warm across profiles) with the
 //! `guest` profile. `skills` and `text` are embedded in the host binary; the
 //! paths of `misbehave` and its variants are handed to the tests.
+//!
+//! The guests need the `wasm32-wasip2` standard library. It is looked for
+//! before anything is compiled for the guests: where it is missing and
+//! rustup is there, the script adds it (`rustup target add`); where it
+//! cannot, the build stops at once with the command to run, instead of
+//! failing minutes later inside the nested build.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -32,6 +38,8 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=MATCHBOX_GUEST_TARGET_DIR");
 
+    ensure_guest_target(&workspace);
+
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
@@ -57,10 +65,7 @@ fn main() {
     }
     let status = cmd.status().expect("could not run cargo to build the guest matchers");
     if !status.success() {
-        panic!(
-            "building the guest matchers failed ({status}); is the wasm32-wasip2 target installed? \
-             `rustup target add wasm32-wasip2`"
-        );
+        panic!("building the guest matchers failed ({status}); cargo's messages above say why");
     }
 
     let out_dir = target_dir.join("wasm32-wasip2").join("guest");
@@ -71,6 +76,55 @@ fn main() {
             format!("MATCHBOX_GUEST_{}", package.trim_start_matches("matchbox-").replace('-', "_").to_uppercase());
         println!("cargo:rustc-env={var}={}", path_str(&path));
     }
+}
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain that builds the guests has their target's
+/// standard library, adding it with rustup when it is missing.
+fn ensure_guest_target(workspace: &Path) {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let installed = || {
+        Command::new(&rustc)
+            .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .is_some_and(|dir| has_std(Path::new(&dir)))
+    };
+    if installed() {
+        return;
+    }
+    // rustup picks the toolchain of rust-toolchain.toml from the workspace
+    // (or the one cargo was started with, through RUSTUP_TOOLCHAIN).
+    let added = Command::new("rustup").current_dir(workspace).args(["target", "add", GUEST_TARGET]).status();
+    match added {
+        Ok(status) if status.success() && installed() => {
+            println!("cargo:warning=added the {GUEST_TARGET} target with rustup, for the guest matchers");
+        }
+        Ok(status) => panic!(
+            "the guest matchers need the {GUEST_TARGET} target, and `rustup target add {GUEST_TARGET}` failed \
+             ({status}); run it yourself, then build again"
+        ),
+        Err(e) => panic!(
+            "the guest matchers need the {GUEST_TARGET} target's standard library, which this toolchain lacks, \
+             and rustup could not be run ({e}); install the target for {rustc} (with rustup: \
+             `rustup target add {GUEST_TARGET}`), then build again"
+        ),
+    }
+}
+
+/// Whether a target's library directory holds a standard library
+/// (`libstd-<hash>.rlib`).
+fn has_std(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libstd-") && name.ends_with(".rlib")
+        })
+    })
 }
 
 fn path_str(path: &Path) -> &str {

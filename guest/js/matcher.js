@@ -3,7 +3,8 @@
 // It scores each posting by the share of its required and preferred skills
 // (and title words) that the candidate names among its skills or in its
 // summary: the same rule as the Python example, so the two can be compared.
-// Build it with componentize-js (see README.md beside this file).
+// Build it with componentize-js: the README's "Writing a matcher" section
+// gives the command, which CI runs (tests/tests/author.rs).
 
 import { log } from "matchbox:matcher/log@0.1.0";
 

@@ -83,8 +83,15 @@ pub struct Failure {
     status: Option<u16>,
 }
 
+impl Failure {
+    /// A failure that no server answer caused.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into(), status: None }
+    }
+}
+
 fn failure(code: u8, message: impl Into<String>) -> Failure {
-    Failure { code, message: message.into(), status: None }
+    Failure::new(code, message)
 }
 
 struct Client {
@@ -128,7 +135,8 @@ impl Client {
     }
 }
 
-fn read_json(path: &PathBuf) -> Result<Value, Failure> {
+/// A local JSON file; a missing or broken one is [`exit::LOCAL`].
+pub fn read_json(path: &std::path::Path) -> Result<Value, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| failure(exit::LOCAL, format!("{}: {e}", path.display())))?;
     serde_json::from_str(&text).map_err(|e| failure(exit::LOCAL, format!("{}: not JSON: {e}", path.display())))
 }
@@ -234,20 +242,7 @@ fn show_task(task: &Value, json_out: bool) -> Result<(), Failure> {
             task["task_id"].as_str().unwrap_or_default(),
             task["matcher"].as_str().unwrap_or_default()
         );
-        if let Some(rankings) = task["result"]["rankings"].as_array() {
-            println!("{:>4}  {:<24} {:>6}  reasons", "rank", "posting", "score");
-            for (i, r) in rankings.iter().enumerate() {
-                let reasons: Vec<&str> =
-                    r["reasons"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                println!(
-                    "{:>4}  {:<24} {:>6.3}  {}",
-                    i + 1,
-                    r["posting_id"].as_str().unwrap_or_default(),
-                    r["score"].as_f64().unwrap_or_default(),
-                    reasons.join("; ")
-                );
-            }
-        }
+        print_rankings(task);
         if let Some(error) = task.get("error") {
             println!("error: {} ({})", error["message"].as_str().unwrap_or_default(), error["kind"]);
         }
@@ -256,6 +251,23 @@ fn show_task(task: &Value, json_out: bool) -> Result<(), Failure> {
         "completed" => Ok(()),
         "pending" | "running" => Ok(()),
         _ => Err(failure(exit::TASK_FAILED, format!("the task {status}"))),
+    }
+}
+
+/// A task's rankings as a table, if it has any.
+pub fn print_rankings(task: &Value) {
+    let Some(rankings) = task["result"]["rankings"].as_array() else { return };
+    println!("{:>4}  {:<24} {:>6}  reasons", "rank", "posting", "score");
+    for (i, r) in rankings.iter().enumerate() {
+        let reasons: Vec<&str> =
+            r["reasons"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        println!(
+            "{:>4}  {:<24} {:>6.3}  {}",
+            i + 1,
+            r["posting_id"].as_str().unwrap_or_default(),
+            r["score"].as_f64().unwrap_or_default(),
+            reasons.join("; ")
+        );
     }
 }
 

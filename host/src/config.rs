@@ -153,6 +153,13 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MAX_COMPONENT_SIZE", default_value = "64MiB", value_parser = parse_positive_size)]
     pub max_component_size: usize,
 
+    /// Show the log lines (and stdout and stderr) of built-in and directory
+    /// matchers to the callers whose jobs ran on them, in each task's
+    /// `logs`. A task always shows them for a job that ran on the caller's
+    /// own upload. From the environment: `true`/`false`, `1`/`0`...
+    #[arg(long, env = "MATCHBOX_SHARED_MATCHER_LOGS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub shared_matcher_logs: bool,
+
     /// Log format: `text` for people, `json` for log pipelines. Filter with
     /// `RUST_LOG` (default `info`).
     #[arg(long, env = "MATCHBOX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -227,6 +234,7 @@ impl From<Config> for Settings {
                 ..RegistryConfig::default()
             },
             cluster: ClusterConfig { lease: config.lease, max_deliveries: config.max_deliveries },
+            shared_matcher_logs: config.shared_matcher_logs,
             http: HttpLimits {
                 max_body: config.max_body,
                 max_wait: config.max_wait,

@@ -28,11 +28,14 @@
 //! - [`service`]: [`Matchbox`], the one façade, with one intake for a job;
 //! - [`api`]: the HTTP routes, request checks and the one error type;
 //! - [`config`] and [`cli`]: `matchbox serve` flags, which assemble the
-//!   layers, and the client commands.
+//!   layers, and the client commands;
+//! - [`author`]: the matcher author's commands (`run`, `check`, `new`),
+//!   which build the server's sandbox and registry without a server.
 //!
 //! [`app`] and [`run`] are what `main.rs` and the tests call.
 
 pub mod api;
+pub mod author;
 pub mod cli;
 pub mod cluster;
 pub mod config;

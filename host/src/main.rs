@@ -31,7 +31,8 @@ struct Cli {
     command: Command,
 }
 
-/// The client flags, which mean nothing to `serve` and `tenant`.
+/// The client flags, which mean nothing to `serve`, `tenant` and `new`;
+/// `run` and `check` take `--json` only.
 const CLIENT_FLAGS: [&str; 3] = ["server", "api_key", "json"];
 
 #[derive(Subcommand)]
@@ -55,6 +56,15 @@ enum Command {
     /// Manage the tenants file that `matchbox serve --config` reads.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Run one job on a matcher in the sandbox the server uses, without a
+    /// server: its rankings, its log lines and output, and the time of each
+    /// phase.
+    Run(Box<matchbox::author::RunArgs>),
+    /// Check a component as `PUT /matchers/{name}` would, without a server.
+    Check(Box<matchbox::author::CheckArgs>),
+    /// Write a new matcher project (Rust, Python or JavaScript) that
+    /// `matchbox check` accepts as it is.
+    New(matchbox::author::template::NewArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +109,23 @@ fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Command::New(args) => {
+            let lang = args.lang;
+            match matchbox::author::template::new(args) {
+                Ok(dir) => {
+                    println!("{}", dir.display());
+                    eprintln!(
+                        "wrote a {lang:?} matcher project in {}; its README.md says how to build it",
+                        dir.display()
+                    );
+                    return Ok(());
+                }
+                Err(failure) => {
+                    eprintln!("matchbox: {}", failure.message);
+                    std::process::exit(failure.code.into());
+                }
+            }
+        }
         Command::Serve(config) => {
             return tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(*config));
         }
@@ -110,7 +137,9 @@ fn main() -> anyhow::Result<()> {
             Command::Submit(args) => cli::submit(conn, args).await,
             Command::Task { id, wait } => cli::task(conn, id, wait).await,
             Command::Matchers(command) => cli::matchers(conn, command).await,
-            Command::Serve(_) | Command::Tenant(_) => unreachable!("handled above"),
+            Command::Run(args) => matchbox::author::run(*args, conn.json).await,
+            Command::Check(args) => matchbox::author::check(*args, conn.json).await,
+            Command::Serve(_) | Command::Tenant(_) | Command::New(_) => unreachable!("handled above"),
         }
     });
     if let Err(failure) = result {
@@ -130,12 +159,16 @@ fn parse() -> (Connection, Command) {
     };
     let matches = Cli::command().try_get_matches().unwrap_or_else(|e| usage(e));
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
-    if let Some((name @ ("serve" | "tenant"), _)) = matches.subcommand()
-        && let Some(flag) = CLIENT_FLAGS.iter().find(|id| given(&matches, id))
-    {
+    let refused: &[&str] = match matches.subcommand_name() {
+        Some("serve" | "tenant" | "new") => &CLIENT_FLAGS,
+        Some("run" | "check") => &CLIENT_FLAGS[..2],
+        _ => &[],
+    };
+    if let Some(flag) = refused.iter().find(|id| given(&matches, id)) {
         eprintln!(
-            "matchbox: --{} is a flag of the client commands (submit, task, matchers), not of {name}",
-            flag.replace('_', "-")
+            "matchbox: --{} is a flag of the client commands (submit, task, matchers), not of {}",
+            flag.replace('_', "-"),
+            matches.subcommand_name().unwrap_or_default()
         );
         std::process::exit(exit::LOCAL.into());
     }

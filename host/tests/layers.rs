@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["service"],
     &["api"],
     &["config", "cli"],
+    &["author"],
     &["lib", "main"],
 ];
 

@@ -240,6 +240,13 @@ async fn real_responses_validate_against_the_document() {
     task["status"] = json!("completed");
     task.as_object_mut().unwrap().remove("tenant");
     assert!(!violations(&doc, task_schema.as_object().unwrap(), &task).is_empty());
+    // A job on the caller's own upload carries its logs, documented too.
+    let mut logged =
+        calls.iter().find(|(_, _, r)| r.body.get("logs").is_some()).expect("a task with logs").2.body.clone();
+    assert!(logged["logs"]["lines"].is_array(), "{logged}");
+    assert!(violations(&doc, task_schema.as_object().unwrap(), &logged).is_empty());
+    logged["logs"]["lines"] = json!([{"level": "loud", "message": "x"}]);
+    assert!(!violations(&doc, task_schema.as_object().unwrap(), &logged).is_empty());
 
     // The long poll and the store's 503 are documented where they happen.
     let get_task = &doc["paths"]["/tasks/{id}"]["get"];

@@ -49,6 +49,32 @@ pub fn binary() -> &'static PathBuf {
     })
 }
 
+/// The target directory the tests were built into.
+pub fn target_dir() -> PathBuf {
+    binary().parent().and_then(|p| p.parent()).expect("target/<profile>/matchbox").to_path_buf()
+}
+
+/// A matcher toolchain's program, installed by `cargo xtask setup` under
+/// `$MATCHBOX_TOOLS` (which `cargo xtask test` sets) or `<target>/tools`:
+/// `python/bin/componentize-py`, `js/node_modules/.bin/componentize-js`.
+/// Panics, naming the command that installs it, when it is not there.
+pub fn tool(relative: &str) -> PathBuf {
+    let dir = std::env::var_os("MATCHBOX_TOOLS").map(PathBuf::from).unwrap_or_else(|| target_dir().join("tools"));
+    let path = dir.join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: the examples' toolchains are installed by `cargo xtask setup` (the README's test \
+         command, `cargo xtask test`, runs it first)",
+        path.display()
+    );
+    path
+}
+
+/// The workspace's root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
 /// A free loopback port, chosen by the kernel.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()

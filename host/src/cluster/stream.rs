@@ -20,7 +20,7 @@ use redis::{FromRedisValue, Script, Value};
 use super::{Cluster, Envelope, GROUP, unavailable};
 use crate::jobs::Claim;
 use crate::runtime::{FailureKind, JobFailure};
-use crate::tasks::{EntryFinish, EntryRef, StoreError, Task, TaskId, TaskOutcome, TaskStatus, TenantCaps};
+use crate::tasks::{EntryFinish, EntryRef, StoreError, Task, TaskEnd, TaskId, TaskStatus, TenantCaps};
 
 /// Renews this consumer's leases on entries of one stream: each entry it
 /// still holds gets its idle time reset; returns the entries it no longer
@@ -175,13 +175,13 @@ impl Claim for StreamClaim {
         self.hold.lost.load(Ordering::Acquire)
     }
 
-    async fn finish(self: Box<Self>, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
+    async fn finish(self: Box<Self>, id: TaskId, end: TaskEnd) -> Result<bool, StoreError> {
         self.hold.ending.store(true, Ordering::Release);
         let announcement = format!("ended {} {id}", self.tenant);
         let done = self
             .cluster
             .store
-            .finish_entry(&self.tenant, id, outcome, self.entry_ref(), &self.cluster.events_channel(), &announcement)
+            .finish_entry(&self.tenant, id, end, self.entry_ref(), &self.cluster.events_channel(), &announcement)
             .await?;
         if done == EntryFinish::Lost {
             tracing::info!(task_id = %id, "another host holds the job now; its outcome here is dropped");

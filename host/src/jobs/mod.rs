@@ -31,9 +31,9 @@ pub use queue::{JobQueue, LaneId, Running, Slot};
 pub use tracker::{FollowedJobs, JobTracker};
 
 use crate::metrics::Metrics;
-use crate::registry::Matcher;
+use crate::registry::{Matcher, Source};
 use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
-use crate::tasks::{StoreError, TaskId, TaskOutcome, TaskStore};
+use crate::tasks::{StoreError, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskStore};
 
 /// This host's hold on a job of the deployment, which another host runs if
 /// this one does not finish it. The outcome of such a job is written
@@ -50,7 +50,7 @@ pub trait Claim: Send + Sync {
     /// Writes the job's outcome and is done with the job across the
     /// deployment, in one step. `Ok(false)`: nothing was written (the task
     /// was gone or had ended, or the hold was lost).
-    async fn finish(self: Box<Self>, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;
+    async fn finish(self: Box<Self>, id: TaskId, end: TaskEnd) -> Result<bool, StoreError>;
 
     /// Done with a job that has no outcome to write (its task is gone).
     async fn drop_done(self: Box<Self>) -> Result<(), StoreError>;
@@ -93,6 +93,7 @@ impl JobRunner {
         store: Arc<dyn TaskStore>,
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
+        shared_matcher_logs: bool,
     ) -> Self {
         let queue = Arc::new(JobQueue::new(queue_capacity));
         let handing_back = Arc::new(AtomicBool::new(false));
@@ -105,6 +106,7 @@ impl JobRunner {
                     sandbox: sandbox.clone(),
                     metrics: metrics.clone(),
                     handing_back: handing_back.clone(),
+                    shared_matcher_logs,
                 }))
             })
             .collect();
@@ -147,6 +149,8 @@ struct Worker {
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
     handing_back: Arc<AtomicBool>,
+    /// Whether tasks keep the logs of shared matchers too.
+    shared_matcher_logs: bool,
 }
 
 async fn work(w: Worker) {
@@ -193,10 +197,18 @@ async fn run_one(mut job: Job, w: &Worker) {
     }
     let Job { matcher, input, limits, cancel, span, tenant, .. } = job;
     let matcher_name = matcher.name.clone();
+    // An upload is its tenant's own (no other tenant can run it), so its
+    // author may read what it logged; a shared matcher's lines are the
+    // operator's, unless the operator shares them.
+    let keep_logs = matcher.source == Source::Uploaded || w.shared_matcher_logs;
     let guest_sandbox = sandbox.clone();
     let run = async move { guest_sandbox.rank(&matcher.pre, &input, &limits, cancel).await }.instrument(span);
+    let mut logs = None;
     let outcome = match sandbox.on_guests(run).await {
         Ok(report) => {
+            if keep_logs {
+                logs = Some(TaskLogs::of(&report));
+            }
             let outcome = match &report.outcome {
                 Ok(_) => "completed",
                 Err(failure) => failure.kind.as_str(),
@@ -223,6 +235,7 @@ async fn run_one(mut job: Job, w: &Worker) {
                 tracing::info!("left the job to another host");
                 return;
             }
+            logs = None;
             TaskOutcome::Cancelled
         }
         Err(failure) => {
@@ -232,9 +245,10 @@ async fn run_one(mut job: Job, w: &Worker) {
             TaskOutcome::Failed(failure)
         }
     };
+    let end = TaskEnd { outcome, logs };
     let written = match claim {
-        Some(claim) => claim.finish(id, outcome).await,
-        None => store.finish(&tenant, id, outcome).await,
+        Some(claim) => claim.finish(id, end).await,
+        None => store.finish(&tenant, id, end).await,
     };
     if let Err(err) = written {
         // A shared job is run again elsewhere once its lease lapses; its

@@ -217,7 +217,7 @@ impl JobIntake {
     /// failure written and the entry done with, in one step.
     async fn fail(&self, id: TaskId, claim: StreamClaim, message: String) {
         let failure = JobFailure::new(FailureKind::Unavailable, message);
-        if let Err(err) = Box::new(claim).finish(id, TaskOutcome::Failed(failure)).await {
+        if let Err(err) = Box::new(claim).finish(id, TaskOutcome::Failed(failure).into()).await {
             tracing::warn!(%err, task_id = %id, "could not fail a job that cannot run");
         }
     }

@@ -54,6 +54,9 @@ pub struct Settings {
     pub http: HttpLimits,
     /// How hosts sharing a Redis share jobs.
     pub cluster: ClusterConfig,
+    /// Whether a task keeps the logs of a shared (built-in or directory)
+    /// matcher too, not only of its tenant's own uploads.
+    pub shared_matcher_logs: bool,
 }
 
 /// Caps the HTTP layer enforces.
@@ -141,6 +144,7 @@ impl Matchbox {
             store.clone(),
             sandbox.clone(),
             metrics.clone(),
+            settings.shared_matcher_logs,
         );
         let followed = Arc::new(FollowedJobs::default());
         let draining = stop.child_token();

@@ -9,7 +9,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Clock, Ranking, StoreError, Task, TaskCounts, TaskOutcome, TaskStatus, TaskStore, TenantCaps};
+use super::{
+    Clock, LogLevel, Ranking, StoreError, Task, TaskCounts, TaskEnd, TaskLogLine, TaskLogs, TaskOutcome, TaskStatus,
+    TaskStore, TenantCaps,
+};
 use crate::runtime::{FailureKind, JobFailure};
 
 /// Runs every check against stores made by `make(capacity, ttl)`.
@@ -63,15 +66,23 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     assert_eq!(store.get(TENANT, id).await.unwrap().unwrap().status, TaskStatus::Running);
 
     let rankings = vec![Ranking { posting_id: "p1".into(), score: 0.75, reasons: vec!["3/4 required skills".into()] }];
-    assert!(store.finish(TENANT, id, TaskOutcome::Completed(rankings.clone())).await.unwrap());
+    let logs = TaskLogs {
+        lines: vec![TaskLogLine { level: LogLevel::Warn, message: "no skills ✓ \"quoted\"".into() }],
+        dropped: 3,
+        stdout: String::new(),
+        stderr: "thread panicked at src/lib.rs:7".into(),
+    };
+    let end = TaskEnd { outcome: TaskOutcome::Completed(rankings.clone()), logs: Some(logs.clone()) };
+    assert!(store.finish(TENANT, id, end).await.unwrap());
     let late = TaskOutcome::Failed(JobFailure::new(FailureKind::Trap, "late"));
-    assert!(!store.finish(TENANT, id, late).await.unwrap(), "a result is written once");
+    assert!(!store.finish(TENANT, id, late.into()).await.unwrap(), "a result is written once");
     assert!(!store.start(TENANT, id).await.unwrap(), "an ended task does not restart");
 
     let done = store.get(TENANT, id).await.unwrap().unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(done.result.unwrap().rankings, rankings);
     assert_eq!(done.error, None);
+    assert_eq!(done.logs, Some(logs.clone()), "a task keeps the logs its end carried");
     assert!(done.updated_at >= done.created_at);
     assert_eq!(done.expires_at, task.expires_at, "finishing does not extend the time to live");
 
@@ -79,11 +90,20 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     let early = pending(&*store, &clock);
     store.insert(early.clone(), TenantCaps::NONE).await.unwrap();
     let error = JobFailure::new(FailureKind::Unavailable, "matcher removed");
-    assert!(store.finish(TENANT, early.task_id, TaskOutcome::Failed(error.clone())).await.unwrap());
+    assert!(store.finish(TENANT, early.task_id, TaskOutcome::Failed(error.clone()).into()).await.unwrap());
     let failed = store.get(TENANT, early.task_id).await.unwrap().unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
-    assert_eq!(failed.error, Some(error));
+    assert_eq!(failed.error, Some(error.clone()));
     assert_eq!(failed.result, None);
+    assert_eq!(failed.logs, None, "an end without logs leaves none");
+
+    // A failed job's logs are kept beside its error.
+    let trapped = pending(&*store, &clock);
+    store.insert(trapped.clone(), TenantCaps::NONE).await.unwrap();
+    let end = TaskEnd { outcome: TaskOutcome::Failed(error.clone()), logs: Some(logs.clone()) };
+    assert!(store.finish(TENANT, trapped.task_id, end).await.unwrap());
+    let trapped = store.get(TENANT, trapped.task_id).await.unwrap().unwrap();
+    assert_eq!((trapped.error, trapped.logs), (Some(error), Some(logs)));
 }
 
 async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
@@ -100,11 +120,11 @@ async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
     store.start(TENANT, id(1)).await.unwrap();
     assert!(!store.start(TENANT, id(1)).await.unwrap());
     assert_eq!(store.counts().await.unwrap(), counts(2, 2, 0, 0, 0));
-    store.finish(TENANT, id(0), TaskOutcome::Completed(vec![])).await.unwrap();
+    store.finish(TENANT, id(0), TaskOutcome::Completed(vec![]).into()).await.unwrap();
     let error = JobFailure::new(FailureKind::Trap, "trap");
-    store.finish(TENANT, id(1), TaskOutcome::Failed(error)).await.unwrap();
-    store.finish(TENANT, id(2), TaskOutcome::Cancelled).await.unwrap();
-    assert!(!store.finish(TENANT, id(2), TaskOutcome::Completed(vec![])).await.unwrap());
+    store.finish(TENANT, id(1), TaskOutcome::Failed(error).into()).await.unwrap();
+    store.finish(TENANT, id(2), TaskOutcome::Cancelled.into()).await.unwrap();
+    assert!(!store.finish(TENANT, id(2), TaskOutcome::Completed(vec![]).into()).await.unwrap());
     assert_eq!(store.counts().await.unwrap(), counts(1, 0, 1, 1, 1));
     store.remove(TENANT, id(3)).await.unwrap();
     assert_eq!(store.counts().await.unwrap(), counts(0, 0, 1, 1, 1));
@@ -124,7 +144,7 @@ async fn tenants_never_see_each_others_tasks(store: Arc<dyn TaskStore>) {
     let other = OTHER;
     assert_eq!(store.get(other, id).await.unwrap(), None);
     assert!(!store.start(other, id).await.unwrap());
-    assert!(!store.finish(other, id, TaskOutcome::Cancelled).await.unwrap());
+    assert!(!store.finish(other, id, TaskOutcome::Cancelled.into()).await.unwrap());
     assert!(!store.remove(other, id).await.unwrap());
     assert_eq!(store.get(TENANT, id).await.unwrap(), Some(task), "untouched by the other tenant");
     let asked = [(TENANT.to_string(), id), (other.to_string(), id)];
@@ -135,7 +155,7 @@ async fn unknown_ids_are_refused(store: Arc<dyn TaskStore>) {
     let id = Clock::new().new_task_id();
     assert_eq!(store.get(TENANT, id).await.unwrap(), None);
     assert!(!store.start(TENANT, id).await.unwrap());
-    assert!(!store.finish(TENANT, id, TaskOutcome::Cancelled).await.unwrap());
+    assert!(!store.finish(TENANT, id, TaskOutcome::Cancelled.into()).await.unwrap());
     assert!(!store.remove(TENANT, id).await.unwrap());
     assert_eq!(store.count().await.unwrap(), 0, "nothing was created by touching an unknown id");
 }
@@ -156,11 +176,11 @@ async fn tenant_caps_are_enforced(store: Arc<dyn TaskStore>) {
     store.insert(of(OTHER), caps).await.expect("another tenant is not held up");
 
     // A finished task no longer counts as pending, but it is still held.
-    assert!(store.finish(TENANT, first.task_id, TaskOutcome::Completed(vec![])).await.unwrap());
+    assert!(store.finish(TENANT, first.task_id, TaskOutcome::Completed(vec![]).into()).await.unwrap());
     let third = of(TENANT);
     store.insert(third.clone(), caps).await.unwrap();
     let full = StoreError::TenantFull { tenant: TENANT.into(), cap: 3 };
-    assert!(store.finish(TENANT, second.task_id, TaskOutcome::Cancelled).await.unwrap());
+    assert!(store.finish(TENANT, second.task_id, TaskOutcome::Cancelled.into()).await.unwrap());
     assert_eq!(store.insert(of(TENANT), caps).await, Err(full), "three held is the cap, finished or not");
     for task in [&first, &second, &third] {
         assert!(store.get(TENANT, task.task_id).await.unwrap().is_some(), "a refusal loses nothing");
@@ -178,7 +198,7 @@ async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
     store.insert(task, TenantCaps::NONE).await.unwrap();
     tokio::time::sleep(ttl / 2).await;
     assert!(store.start(TENANT, id).await.unwrap());
-    assert!(store.finish(TENANT, id, TaskOutcome::Completed(vec![])).await.unwrap());
+    assert!(store.finish(TENANT, id, TaskOutcome::Completed(vec![]).into()).await.unwrap());
     assert!(store.get(TENANT, id).await.unwrap().is_some(), "alive before its time to live");
 
     // Gone soon after the time to live, counted from creation, not from the

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Clock, StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskStatus, TaskStore, TenantCaps};
+use super::{Clock, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskStatus, TaskStore, TenantCaps};
 
 /// Told the ids of tasks the purge deleted, after the lock is released, so
 /// that jobs still running for them can be cancelled.
@@ -229,14 +229,14 @@ impl TaskStore for MemoryStore {
         }
     }
 
-    async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
+    async fn finish(&self, tenant: &str, id: TaskId, end: TaskEnd) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
         let mut state = self.shared.state.lock().unwrap();
         let state = &mut *state;
         match state.tasks.get_mut(&id) {
             Some(entry) if entry.task.tenant == tenant && !entry.task.status.is_terminal() => {
                 let from = entry.task.status;
-                entry.task.apply(outcome, now);
+                entry.task.apply(end, now);
                 state.by_status.moved(from, entry.task.status);
                 if let Some(held) = state.held.get_mut(&entry.task.tenant) {
                     held.open -= 1;
@@ -358,7 +358,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(table.start("default", id).await.unwrap());
-            assert!(table.finish("default", id, TaskOutcome::Completed(vec![])).await.unwrap());
+            assert!(table.finish("default", id, crate::tasks::TaskOutcome::Completed(vec![]).into()).await.unwrap());
         }
         assert!(table.allocated_slots() >= 1000);
 

@@ -145,6 +145,107 @@ impl TaskOutcome {
     }
 }
 
+/// How a job ended, and what its matcher said meanwhile if the task keeps
+/// it: what a store's `finish` writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEnd {
+    pub outcome: TaskOutcome,
+    pub logs: Option<TaskLogs>,
+}
+
+impl From<TaskOutcome> for TaskEnd {
+    fn from(outcome: TaskOutcome) -> Self {
+        TaskEnd { outcome, logs: None }
+    }
+}
+
+impl TaskEnd {
+    pub fn status(&self) -> TaskStatus {
+        self.outcome.status()
+    }
+}
+
+/// What the matcher said while its job ran: the lines it wrote through the
+/// contract's `log` and the start of its stdout and stderr, within the
+/// job's caps (100 lines and 16 KiB of lines, 16 KiB of each stream).
+///
+/// A task carries them when its job ran on an upload of the caller's own,
+/// so that an author can see what their matcher did; for shared matchers
+/// only when the operator allows it (`--shared-matcher-logs`), since a
+/// built-in or operator matcher's lines are the operator's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskLogs {
+    /// The `log` lines, in the order written.
+    pub lines: Vec<TaskLogLine>,
+    /// Lines refused because a cap was reached.
+    pub dropped: usize,
+    /// The start of what the matcher wrote to stdout.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    #[schema(required = false)]
+    pub stdout: String,
+    /// The start of what the matcher wrote to stderr (a panic message, say).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    #[schema(required = false)]
+    pub stderr: String,
+}
+
+/// One line a matcher wrote through `log`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskLogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// The level of a matcher's log line, as the contract names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl From<crate::runtime::Level> for LogLevel {
+    fn from(level: crate::runtime::Level) -> Self {
+        use crate::runtime::Level;
+        match level {
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        }
+    }
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl TaskLogs {
+    /// What a finished job's report holds.
+    pub fn of(report: &crate::runtime::JobReport) -> Self {
+        TaskLogs {
+            lines: report
+                .log
+                .lines
+                .iter()
+                .map(|l| TaskLogLine { level: l.level.into(), message: l.message.clone() })
+                .collect(),
+            dropped: report.log.dropped,
+            stdout: report.stdout.clone(),
+            stderr: report.stderr.clone(),
+        }
+    }
+}
+
 /// A task as the table holds it and the API serves it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
@@ -171,6 +272,11 @@ pub struct Task {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(required = false)]
     pub error: Option<JobFailure>,
+    /// What the matcher logged, once ended, when the task keeps it: for a
+    /// job that ran on the caller's own upload (see [`TaskLogs`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(required = false)]
+    pub logs: Option<TaskLogs>,
 }
 
 impl Task {
@@ -186,6 +292,7 @@ impl Task {
             expires_at: now + ttl,
             result: None,
             error: None,
+            logs: None,
         }
     }
 
@@ -196,9 +303,12 @@ impl Task {
         self.updated_at = now.max(self.updated_at);
     }
 
-    fn apply(&mut self, outcome: TaskOutcome, now: OffsetDateTime) {
+    /// Records the job's end at `now`.
+    pub fn apply(&mut self, end: TaskEnd, now: OffsetDateTime) {
+        let TaskEnd { outcome, logs } = end;
         self.status = outcome.status();
         self.touch(now);
+        self.logs = logs;
         match outcome {
             TaskOutcome::Completed(rankings) => self.result = Some(TaskResult { rankings }),
             TaskOutcome::Failed(error) => self.error = Some(error),
@@ -280,9 +390,9 @@ pub trait TaskStore: Send + Sync + 'static {
         Ok(out)
     }
 
-    /// Pending or running to `outcome`. `Ok(false)` if the task is gone or
-    /// already ended.
-    async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError>;
+    /// Pending or running to `end`'s outcome, with its logs. `Ok(false)` if
+    /// the task is gone or already ended.
+    async fn finish(&self, tenant: &str, id: TaskId, end: TaskEnd) -> Result<bool, StoreError>;
 
     /// Deletes a task. `Ok(false)` if it was not there.
     async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;

@@ -59,12 +59,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::{AsyncCommands as _, Script};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use conn::RedisConn;
 pub use stream::{EntryFinish, EntryRef};
 
-use super::{StoreError, Task, TaskCounts, TaskId, TaskOutcome, TaskResult, TaskStatus, TaskStore, TenantCaps};
+use super::{
+    StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskResult, TaskStatus, TaskStore, TenantCaps,
+};
 use crate::runtime::JobFailure;
 
 /// How long a refusal for a tenant's caps is remembered, to refuse the
@@ -204,15 +208,40 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("Redis: {err}"))
 }
 
-/// The outcome of a job as the task's hash keeps it.
-fn stored_outcome(outcome: &TaskOutcome) -> String {
-    match outcome {
-        TaskOutcome::Completed(rankings) => {
-            serde_json::to_string(&TaskResult { rankings: rankings.clone() }).expect("a result serialises")
-        }
-        TaskOutcome::Failed(error) => serde_json::to_string(error).expect("an error serialises"),
-        TaskOutcome::Cancelled => String::new(),
+/// The end of a job as the task's hash keeps it (`o`): the result or the
+/// error, with the matcher's logs beside them when the task keeps them; an
+/// empty string for a cancelled task. A hash written before tasks kept
+/// logs reads back the same, without them.
+fn stored_outcome(end: &TaskEnd) -> String {
+    #[derive(Serialize)]
+    struct Stored<'a, T: Serialize> {
+        #[serde(flatten)]
+        body: T,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        logs: Option<&'a TaskLogs>,
     }
+    let logs = end.logs.as_ref();
+    match &end.outcome {
+        TaskOutcome::Completed(rankings) => {
+            serde_json::to_string(&Stored { body: TaskResult { rankings: rankings.clone() }, logs })
+        }
+        TaskOutcome::Failed(error) => serde_json::to_string(&Stored { body: error, logs }),
+        TaskOutcome::Cancelled => Ok(String::new()),
+    }
+    .expect("an outcome serialises")
+}
+
+/// Reads back what [`stored_outcome`] wrote.
+fn read_outcome<T: DeserializeOwned>(stored: &str) -> Result<(T, Option<TaskLogs>), StoreError> {
+    #[derive(Deserialize)]
+    struct Stored<T> {
+        #[serde(flatten)]
+        body: T,
+        #[serde(default)]
+        logs: Option<TaskLogs>,
+    }
+    let Stored { body, logs } = serde_json::from_str(stored).map_err(corrupt)?;
+    Ok((body, logs))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -309,9 +338,13 @@ impl RedisStore {
         if let Some(outcome) = fields.get("o") {
             match task.status {
                 TaskStatus::Completed => {
-                    task.result = Some(serde_json::from_str::<TaskResult>(outcome).map_err(corrupt)?)
+                    let (result, logs) = read_outcome::<TaskResult>(outcome)?;
+                    (task.result, task.logs) = (Some(result), logs);
                 }
-                TaskStatus::Failed => task.error = Some(serde_json::from_str::<JobFailure>(outcome).map_err(corrupt)?),
+                TaskStatus::Failed => {
+                    let (error, logs) = read_outcome::<JobFailure>(outcome)?;
+                    (task.error, task.logs) = (Some(error), logs);
+                }
                 _ => {}
             }
         }
@@ -423,9 +456,9 @@ impl TaskStore for RedisStore {
             .collect())
     }
 
-    async fn finish(&self, tenant: &str, id: TaskId, outcome: TaskOutcome) -> Result<bool, StoreError> {
-        let status = outcome.status();
-        let stored = stored_outcome(&outcome);
+    async fn finish(&self, tenant: &str, id: TaskId, end: TaskEnd) -> Result<bool, StoreError> {
+        let status = end.status();
+        let stored = stored_outcome(&end);
         let finished: i64 = self
             .scripts
             .finish
@@ -532,7 +565,7 @@ mod tests {
         let before: i64 = redis.pttl(&key).await.unwrap();
         assert!(before > 55_000 && before <= 60_000, "{before} ms");
         store.start("acme", task.task_id).await.unwrap();
-        store.finish("acme", task.task_id, TaskOutcome::Completed(vec![])).await.unwrap();
+        store.finish("acme", task.task_id, TaskOutcome::Completed(vec![]).into()).await.unwrap();
         let after: i64 = redis.pttl(&key).await.unwrap();
         assert!(after <= before && after > 50_000, "an update keeps the remaining TTL: {before} then {after} ms");
         let usage: i64 = redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut redis).await.unwrap();

@@ -21,7 +21,7 @@
 
 use super::{RedisStore, StoreError, TaskId, TaskStatus, stored_outcome, unavailable};
 use crate::runtime::JobFailure;
-use crate::tasks::{Task, TaskOutcome, TenantCaps};
+use crate::tasks::{Task, TaskEnd, TenantCaps};
 
 /// Whether `consumer` holds `entry` (it is pending in `group`, delivered to
 /// `consumer`).
@@ -246,12 +246,12 @@ impl RedisStore {
         &self,
         tenant: &str,
         id: TaskId,
-        outcome: TaskOutcome,
+        end: TaskEnd,
         entry: EntryRef<'_>,
         channel: &str,
         announcement: &str,
     ) -> Result<EntryFinish, StoreError> {
-        let status = outcome.status();
+        let status = end.status();
         let finished: i64 = self
             .scripts
             .finish_entry
@@ -263,7 +263,7 @@ impl RedisStore {
             .key(self.job_key(tenant, id))
             .arg(status.as_str())
             .arg(super::rfc3339(time::OffsetDateTime::now_utc()))
-            .arg(stored_outcome(&outcome))
+            .arg(stored_outcome(&end))
             .arg(id.to_string())
             .arg(entry.group)
             .arg(entry.id)
