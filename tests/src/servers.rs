@@ -113,7 +113,26 @@ impl RedisCluster {
     /// `primaries` primaries with `replicas` replicas each, created with
     /// `redis-cli --cluster create` and waited for until every node agrees
     /// the cluster is up.
+    ///
+    /// Ports are chosen free, then bound by the nodes: another test's
+    /// process may take one in between. A cluster that does not come up is
+    /// started again, twice at most, on other ports; a third failure is the
+    /// test's.
     pub async fn start(primaries: usize, replicas: usize) -> anyhow::Result<RedisCluster> {
+        let mut attempt = 1;
+        loop {
+            match RedisCluster::start_once(primaries, replicas).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if attempt < 3 => {
+                    eprintln!("a Redis Cluster did not come up ({e:#}); starting another on other ports");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(primaries: usize, replicas: usize) -> anyhow::Result<RedisCluster> {
         let dir = tempfile::tempdir()?;
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {

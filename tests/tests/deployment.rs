@@ -471,7 +471,10 @@ async fn accepted_jobs_keep_their_component(d: Deployment) {
 /// The counts the hosts report are the tasks Redis holds, after a mix of
 /// completed, failed, cancelled, expired and taken-over jobs.
 async fn counts_match_a_scan_of_the_keys(d: Deployment) {
-    let flags = ["--task-ttl", "4s", "--lease", "1s", "--job-timeout", "1h"];
+    // The time to live must outlast a round of the mix and the take-over
+    // below on a loaded machine (a `?wait=` job whose task expires first
+    // answers 410), and the first round must expire before the second.
+    let flags = ["--task-ttl", "8s", "--lease", "1s", "--job-timeout", "1h"];
     let mut hosts = vec![d.host(&flags).await, d.host(&flags).await];
     let client = reqwest::Client::new();
     upload_misbehave(&client, &hosts[0], "misbehave", None).await;
@@ -511,7 +514,7 @@ async fn counts_match_a_scan_of_the_keys(d: Deployment) {
     };
     // A first round expires: nothing is counted that Redis no longer holds.
     mix(&hosts).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     let scanned = scan(&mut redis).await;
     assert!(scanned.is_empty(), "{scanned:?}");
     same(&hosts[1], &scanned).await;
