@@ -115,7 +115,8 @@ fn main() -> anyhow::Result<()> {
                 Ok(dir) => {
                     println!("{}", dir.display());
                     eprintln!(
-                        "wrote a {lang:?} matcher project in {}; its README.md says how to build it",
+                        "wrote a {} matcher project in {}; its README.md says how to build it",
+                        lang.title(),
                         dir.display()
                     );
                     return Ok(());

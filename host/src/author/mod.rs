@@ -156,7 +156,9 @@ fn refused(err: ApiError, json_out: bool) -> Failure {
     } else {
         println!("refused: {} {} {}", err.status.as_u16(), err.code, err.message);
     }
-    failure(exit::REFUSED, format!("{}: {}", err.code, err.message))
+    // The message is on stdout, as the server's answer; stderr says only
+    // what the exit code means.
+    failure(exit::REFUSED, format!("refused ({} {})", err.status.as_u16(), err.code))
 }
 
 /// `matchbox check FILE`: what `PUT /matchers/{name}` would answer.
@@ -171,7 +173,7 @@ pub async fn check(args: CheckArgs, json_out: bool) -> Result<(), Failure> {
                 println!("{}", serde_json::to_value(&summary).expect("a summary serialises"));
             } else {
                 println!("accepted: PUT /matchers/{name} would answer 201 Created");
-                println!("  {} {}: {}", summary.name, summary.version, summary.description);
+                println!("  info(): {} {}: {}", matcher.info.name, summary.version, summary.description);
                 println!("  {} ({})", summary.digest, size(summary.size));
                 println!("  loaded in {} ({})", ms(took), if cached { "from the cache" } else { "compiled" });
             }
@@ -237,7 +239,7 @@ pub async fn run(args: RunArgs, json_out: bool) -> Result<(), Failure> {
             if !json_out {
                 println!("failed: {} {}", f.kind, f.message);
             }
-            Err(failure(exit::TASK_FAILED, format!("the job failed: {} ({})", f.message, f.kind)))
+            Err(failure(exit::TASK_FAILED, format!("the job failed ({})", f.kind)))
         }
     }
 }
@@ -260,8 +262,9 @@ fn as_task(matcher: &Matcher, report: &JobReport) -> Task {
 /// The matcher and the time of each phase.
 fn phases(matcher: &Matcher, load: Option<(Duration, bool)>, report: &JobReport) -> String {
     let mut out = format!(
-        "matcher {} {} ({}, {})\n",
+        "matcher {}: {} {} ({}, {})\n",
         matcher.name,
+        matcher.info.name,
         matcher.info.version,
         &matcher.digest[..matcher.digest.len().min(19)],
         size(matcher.size)

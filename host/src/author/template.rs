@@ -26,6 +26,15 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// The language's name, for people.
+    pub fn title(self) -> &'static str {
+        match self {
+            Lang::Rust => "Rust",
+            Lang::Python => "Python",
+            Lang::Js => "JavaScript",
+        }
+    }
+
     /// The language's own files, by path in the project.
     fn files(self) -> &'static [(&'static str, &'static str)] {
         match self {
