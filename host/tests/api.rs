@@ -534,3 +534,115 @@ async fn metrics_report_jobs_tasks_instances_and_the_high_water_mark() {
     }
     assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ") && !l.ends_with(" 0")));
 }
+
+/// POSTs `body` (text, as sent) to `/jobs/match` with `Idempotency-Key: key`.
+async fn submit_keyed(app: &Arc<Matchbox>, uri: &str, key: &str, body: String) -> Reply {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(body))
+        .unwrap();
+    common::send(matchbox::app(app.clone()), request).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_an_idempotency_key_gets_the_task_it_made() {
+    let app = service(|_| {}).await;
+    let body = job("ada", 3);
+    let first = submit_keyed(&app, "/jobs/match?wait=30s", "order-41", body.to_string()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(first.headers["idempotent-replayed"], "false");
+    let id = first.body["task_id"].as_str().unwrap().to_string();
+
+    // The same job, spelled differently (pretty-printed, fields reordered),
+    // quoted as the IETF draft writes the key: the same task, no new job.
+    let respelled =
+        serde_json::to_string_pretty(&json!({"postings": body["postings"], "candidate": body["candidate"]}));
+    let retry = submit_keyed(&app, "/jobs/match", "\"order-41\"", respelled.unwrap()).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
+    assert_eq!(retry.body["task_id"], id.as_str());
+    assert_eq!(retry.body["status"], "completed", "the task as it is now");
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.headers[header::LOCATION], format!("/tasks/{id}").as_str());
+    let waited = submit_keyed(&app, "/jobs/match?wait=5s", "order-41", body.to_string()).await;
+    assert_eq!((waited.status, &waited.body), (StatusCode::OK, &first.body), "a waited replay is the ended task");
+    assert_eq!(app.tasks_held().await.unwrap(), 1);
+
+    // Another job under the key is refused, naming the task; nothing is made.
+    let other = submit_keyed(&app, "/jobs/match", "order-41", job("grace", 3).to_string()).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.error_code(), "idempotency_key_reused");
+    assert!(other.body["error"]["message"].as_str().unwrap().contains(&id), "{}", other.body);
+    assert_eq!(app.tasks_held().await.unwrap(), 1);
+
+    // Keys that are not 1 to 255 visible ASCII characters are refused.
+    for bad in ["", "\"\"", "with space", "ünicode", &"k".repeat(256), "\"a\"b\""] {
+        let reply = submit_keyed(&app, "/jobs/match", bad, body.to_string()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad:?}: {}", reply.body);
+        assert_eq!(reply.error_code(), "invalid_idempotency_key", "{bad:?}");
+    }
+
+    // Once its task is deleted, the key makes a new one.
+    let deleted = call(&app, Method::DELETE, &format!("/tasks/{id}"), None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let anew = submit_keyed(&app, "/jobs/match", "order-41", job("grace", 3).to_string()).await;
+    assert_eq!(anew.status, StatusCode::ACCEPTED);
+    assert_ne!(anew.body["task_id"], id.as_str());
+    assert_eq!(anew.headers["idempotent-replayed"], "false");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_submissions_with_one_key_make_one_task() {
+    let app = service(|_| {}).await;
+    let body = with_matcher(job("busy-300", 2), "misbehave").to_string();
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (app, body) = (app.clone(), body.clone());
+        racers.spawn(async move { submit_keyed(&app, "/jobs/match", "nightly-2026-12-01", body).await });
+    }
+    let replies = racers.join_all().await;
+    let ids: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+            r.body["task_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one task for one key: {ids:?}");
+    let made = replies.iter().filter(|r| r.headers["idempotent-replayed"] == "false").count();
+    assert_eq!(made, 1, "exactly one request made it");
+    assert_eq!(app.tasks_held().await.unwrap(), 1);
+    bounded("the one job to end", app.idle()).await;
+    let id = ids.first().unwrap();
+    let task = call(&app, Method::GET, &format!("/tasks/{id}"), None).await;
+    assert_eq!(task.body["status"], "completed", "{}", task.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_is_answered_when_new_work_is_refused() {
+    let app = service(|c| {
+        c.workers = Some(1);
+        c.queue = 1;
+    })
+    .await;
+    let busy = |ms: u32| with_matcher(job(&format!("busy-{ms}"), 1), "misbehave").to_string();
+    let first = submit_keyed(&app, "/jobs/match", "once", busy(60_000)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    bounded("the keyed job to start", app.live_instances().wait_for(|n| n == 1)).await;
+    let filler = call(&app, Method::POST, "/jobs/match", Some(with_matcher(job("busy-60000", 1), "misbehave"))).await;
+    assert_eq!(filler.status, StatusCode::ACCEPTED, "{}", filler.body);
+    let refused = call(&app, Method::POST, "/jobs/match", Some(job("ada", 1))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "the queue is full: {}", refused.body);
+
+    // The retry of an accepted job is not new work: it is answered.
+    let retry = submit_keyed(&app, "/jobs/match", "once", busy(60_000)).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
+    assert_eq!(retry.body["task_id"], first.body["task_id"]);
+    assert_eq!(retry.body["status"], "running");
+    for id in [&first.body["task_id"], &filler.body["task_id"]] {
+        call(&app, Method::DELETE, &format!("/tasks/{}", id.as_str().unwrap()), None).await;
+    }
+    bounded("the cancelled jobs to end", app.idle()).await;
+}

@@ -87,7 +87,87 @@ on_every_store!(
     a_job_whose_task_expires_is_stopped,
     counts_match_a_scan_of_the_keys,
     matchers_and_long_polls_are_the_deployments,
+    one_idempotency_key_makes_one_task_across_hosts,
 );
+
+/// Submissions with one `Idempotency-Key`, sent at once to both hosts,
+/// make one task and one job: every answer names it, one run is counted,
+/// and the stream is left with no job of the others. A retry on either
+/// host answers it, ended; another body under the key is refused there.
+async fn one_idempotency_key_makes_one_task_across_hosts(d: Deployment) {
+    let hosts = [d.host(&[]).await, d.host(&[]).await];
+    let client = reqwest::Client::new();
+    upload_misbehave(&client, &hosts[0], "misbehave", None).await;
+    let body = job("misbehave", "busy-300");
+    let sends = (0..12).map(|i| {
+        let request = client.post(hosts[i % 2].url("/jobs/match")).header("idempotency-key", "batch-7").json(&body);
+        async move {
+            let reply = request.send().await.unwrap();
+            let replayed = reply.headers()["idempotent-replayed"].to_str().unwrap() == "true";
+            (reply.status().as_u16(), replayed, reply.json::<Value>().await.unwrap())
+        }
+    });
+    let mut replies = Vec::new();
+    for reply in futures_join(sends).await {
+        replies.push(reply);
+    }
+    let ids: std::collections::BTreeSet<&str> = replies
+        .iter()
+        .map(|(status, _, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body["task_id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one task for one key: {replies:?}");
+    assert_eq!(replies.iter().filter(|(_, replayed, _)| !replayed).count(), 1, "{replies:?}");
+    let id = ids.first().unwrap().to_string();
+
+    for host in &hosts {
+        let reply = client
+            .post(host.url("/jobs/match?wait=30s"))
+            .header("idempotency-key", "batch-7")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "a waited retry on either host answers the ended task");
+        let task: Value = reply.json().await.unwrap();
+        assert_eq!((task["task_id"].as_str(), task["status"].as_str()), (Some(id.as_str()), Some("completed")));
+    }
+    let mut runs = 0;
+    for host in &hosts {
+        runs += jobs_run(&client, host).await;
+    }
+    assert_eq!(runs, 1, "one job ran");
+    let mut redis = d.connection().await;
+    let pattern = format!("{{{}:default}}:job:*", d.prefix);
+    let jobs: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut redis).await.unwrap();
+    assert!(jobs.is_empty(), "no replay left a job behind: {jobs:?}");
+
+    let other = client
+        .post(hosts[1].url("/jobs/match"))
+        .header("idempotency-key", "batch-7")
+        .json(&job("misbehave", "honest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 422);
+    let other: Value = other.json().await.unwrap();
+    assert_eq!(other["error"]["code"], "idempotency_key_reused", "{other}");
+}
+
+/// Runs `futures` at once, answering in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
 
 /// One set of matchers on every host, at once: an upload on one host is
 /// listed and shown on the other (by the API and the CLI) before any job

@@ -127,6 +127,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", err.to_string()).retry_after(1)
             }
             StoreError::Duplicate(_) => ApiError::new(StatusCode::CONFLICT, "duplicate", err.to_string()),
+            StoreError::KeyReused { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", err.to_string())
+            }
             StoreError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", err.to_string()).retry_after(1)
             }

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -27,8 +27,8 @@ use types::{Accepted, Caps, MatchRequest};
 
 use crate::metrics::View;
 use crate::registry::MatcherSummary;
-use crate::service::Matchbox;
-use crate::tasks::{Task, TaskId};
+use crate::service::{Matchbox, Submitted};
+use crate::tasks::{IdempotencyKey, Task, TaskId};
 use crate::tenants::Tenant;
 
 pub type AppState = Arc<Matchbox>;
@@ -151,16 +151,27 @@ struct SubmitQuery {
 }
 
 /// Submit a matching job.
-#[utoipa::path(post, path = "/jobs/match", tag = "jobs", params(SubmitQuery), request_body = MatchRequest,
+#[utoipa::path(post, path = "/jobs/match", tag = "jobs", request_body = MatchRequest,
+    params(
+        SubmitQuery,
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255, min_length = 1,
+            description = "Retry safely: the same key from the same tenant, while the task it made lives, answers \
+                that task (no second job); with another body, 422 idempotency_key_reused. 1 to 255 visible ASCII \
+                characters, quoted (a Structured Fields string) or not."),
+    ),
     security(("api_key" = [])),
     responses(
-        (status = 202, description = "Accepted; read the task at Location", body = Accepted),
-        (status = 200, description = "With ?wait: the job ended in time", body = Task),
-        (status = 400, description = "Malformed JSON or a bad ?wait", body = ErrorBody),
+        (status = 202, description = "Accepted; read the task at Location. `Idempotent-Replayed: true` when an \
+            Idempotency-Key had made this task before", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` for a replay, else `false`"))),
+        (status = 200, description = "With ?wait: the job ended in time", body = Task,
+            headers(("Idempotent-Replayed" = String, description = "`true` for a replay, else `false`"))),
+        (status = 400, description = "Malformed JSON, a bad ?wait or a bad Idempotency-Key", body = ErrorBody),
         (status = 401, description = "No key or a wrong one", body = ErrorBody),
         (status = 413, description = "A body, list or string over its cap", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A missing or wrong field, an unknown matcher, a value out of range", body = ErrorBody),
+        (status = 422, description = "A missing or wrong field, an unknown matcher, a value out of range, or an \
+            Idempotency-Key sent before with another body", body = ErrorBody),
         (status = 429, description = "The queue or table is full, or the tenant is at its quota", body = ErrorBody),
         (status = 503, description = "Shutting down, or the task store cannot answer", body = ErrorBody),
     ))]
@@ -172,23 +183,45 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let wait = query.wait.as_deref().map(|w| parse_wait(w, app.http_limits().max_wait)).transpose()?;
+    let key = request.headers().get(types::IDEMPOTENCY_KEY).map(types::idempotency_key).transpose()?;
     // Refuse before reading the body when the job could not be accepted
     // anyway: under overload, parsing megabytes that are refused would take
-    // the CPU that serves everyone else. `submit` checks again for real.
-    app.may_accept(&tenant)?;
+    // the CPU that serves everyone else. `submit` checks again for real. A
+    // retry (an idempotency key with a live task) is read: it is answered
+    // with the task it made. A key that made nothing yet is new work.
+    let retry = match &key {
+        Some(key) => app.is_retry(&tenant, key).await,
+        None => false,
+    };
+    if !retry {
+        app.may_accept(&tenant)?;
+    }
     let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app)
         .await
         .map_err(|e| e.body_cap("--max-body", app.http_limits().max_body))?;
     let caps = Caps { max_postings: tenant.quotas.postings };
     let (matcher, input) = request.into_job(&caps)?;
-    let task = app.submit(&tenant, matcher, input).await?;
+    let key = key.map(|key| IdempotencyKey { key, fingerprint: types::fingerprint(matcher.as_ref(), &input) });
+    let Submitted { task, replayed } = app.submit(&tenant, matcher, input, key).await?;
     let location = HeaderValue::from_str(&format!("/tasks/{}", task.task_id)).expect("a uuid is a valid header");
+    let headers = [
+        (header::LOCATION, location),
+        (
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static(if replayed { "true" } else { "false" }),
+        ),
+    ];
 
     let task = match wait {
         Some(wait) => {
-            let now = app.wait(&tenant, task.task_id, wait).await?;
+            // A replay's job may be another host's: a long poll follows it.
+            let now = if replayed {
+                app.poll(&tenant, task.task_id, wait).await?
+            } else {
+                app.wait(&tenant, task.task_id, wait).await?
+            };
             if now.status.is_terminal() {
-                return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(now)).into_response());
+                return Ok((StatusCode::OK, headers, Json(now)).into_response());
             }
             // Still going: the answer says where it is now (`running`
             // once a worker took it), not what it was at acceptance.
@@ -203,7 +236,7 @@ async fn submit(
         created_at: task.created_at,
         expires_at: task.expires_at,
     };
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(accepted)).into_response())
+    Ok((StatusCode::ACCEPTED, headers, Json(accepted)).into_response())
 }
 
 fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {

@@ -131,6 +131,48 @@ pub struct Accepted {
     pub expires_at: OffsetDateTime,
 }
 
+/// The header a client retries a submission with, safely.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The key of an `Idempotency-Key` header: 1 to 255 visible ASCII
+/// characters, as a Structured Fields string (`"…"`, as the IETF draft
+/// writes it) or bare (as most clients send it).
+pub fn idempotency_key(value: &axum::http::HeaderValue) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters, quoted or not \
+                 (e.g. \"8e03978e-40d5-43e8-bc93-6894a57f9324\")"
+            ),
+        )
+    };
+    let raw = value.to_str().map_err(|_| bad())?.trim();
+    let key = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) if !inner.contains(['"', '\\']) => inner,
+        Some(_) => return Err(bad()),
+        None => raw,
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(key.to_string())
+}
+
+/// What an idempotency key stands for: the SHA-256 of the job as checked
+/// (its matcher as named, and its input), so that two bodies that differ
+/// only in spacing or field order are the same submission.
+pub fn fingerprint(matcher: Option<&MatcherRef>, input: &JobInput) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(matcher.map(|m| m.to_string()).unwrap_or_default());
+    hash.update([0]);
+    hash.update(serde_json::to_vec(input).expect("a job serialises"));
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn too_large(field: &str, size: usize, unit: &str, cap: usize) -> ApiError {
     ApiError::too_large(format!("{field} has {size} {unit}; the cap is {cap}"))
 }

@@ -20,7 +20,9 @@ use redis::{FromRedisValue, Script, Value};
 use super::{Cluster, Envelope, GROUP, unavailable};
 use crate::jobs::Claim;
 use crate::runtime::{FailureKind, JobFailure};
-use crate::tasks::{EntryFinish, EntryRef, StoreError, Task, TaskEnd, TaskId, TaskStatus, TenantCaps};
+use crate::tasks::{
+    EntryFinish, EntryRef, IdempotencyKey, Inserted, StoreError, Task, TaskEnd, TaskId, TaskStatus, TenantCaps,
+};
 
 /// Renews this consumer's leases on entries of one stream: each entry it
 /// still holds gets its idle time reset; returns the entries it no longer
@@ -227,7 +229,13 @@ impl Cluster {
     /// Inserts `task` and adds its job to its tenant's stream, in one script
     /// (none of it if the tenant is at a cap). A job for an uploaded matcher
     /// keeps its component's bytes until it ends or its task expires.
-    pub async fn publish(&self, task: Task, caps: TenantCaps, envelope: &Envelope) -> Result<(), StoreError> {
+    pub async fn publish(
+        &self,
+        task: Task,
+        caps: TenantCaps,
+        key: Option<&IdempotencyKey>,
+        envelope: &Envelope,
+    ) -> Result<Inserted, StoreError> {
         let ttl = crate::tasks::TaskStore::ttl(&*self.store);
         if envelope.uploaded
             && let Some(digest) = envelope.matcher.digest()
@@ -236,7 +244,7 @@ impl Cluster {
         }
         let job = serde_json::to_string(envelope).expect("a job serialises");
         let announcement = format!("work {}", envelope.tenant);
-        self.store.insert_and_enqueue(task, caps, &job, &self.events_channel(), &announcement).await
+        self.store.insert_and_enqueue(task, caps, key, &job, &self.events_channel(), &announcement).await
     }
 
     /// Makes sure `tenant`'s stream and its consumer group exist.

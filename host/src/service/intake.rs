@@ -17,19 +17,20 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::SubmitError;
+use super::{SubmitError, Submitted};
 use crate::cluster::{Cluster, Delivery, Envelope, StreamClaim};
 use crate::jobs::{Claim, FollowedJobs, Job, JobQueue, JobTracker};
 use crate::metrics::Metrics;
 use crate::registry::{AcceptedError, DEFAULT_MATCHER, Matcher, MatcherRef, MatcherRegistry};
 use crate::runtime::{FailureKind, JobFailure, JobInput};
-use crate::tasks::{Clock, StoreError, Task, TaskId, TaskOutcome, TaskStore};
+use crate::tasks::{Clock, IdempotencyKey, Inserted, StoreError, Task, TaskId, TaskOutcome, TaskStore};
 use crate::tenants::{Tenant, Tenants};
 
 /// Where a job came from.
-pub(super) enum Origin {
-    /// Submitted to this host: its task is created here.
-    Local,
+pub(super) enum Origin<'a> {
+    /// Submitted to this host: its task is created here (once per
+    /// idempotency key, if the client sent one).
+    Local { key: Option<&'a IdempotencyKey> },
     /// Read from the deployment's stream, maybe taken over from a host that
     /// did not finish it: its task exists already.
     Stream { task_id: TaskId, claim: StreamClaim },
@@ -77,16 +78,44 @@ impl JobIntake {
         }
     }
 
-    /// A job submitted to this host by `tenant`.
+    /// A job submitted to this host by `tenant`, with the client's
+    /// idempotency key if it sent one.
     pub(super) async fn submit(
         &self,
         tenant: &Arc<Tenant>,
         matcher: Option<MatcherRef>,
         input: JobInput,
-    ) -> Result<Task, SubmitError> {
+        key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, SubmitError> {
         let reference = matcher.unwrap_or_else(|| MatcherRef::named(DEFAULT_MATCHER));
-        let task = self.intake(tenant, &reference, input, Origin::Local).await?;
-        Ok(task.expect("a local submission creates its task"))
+        // A retry of a submission already accepted is answered with its
+        // task before anything else is checked: a full queue or a quota
+        // reached since must not turn the retry into a refusal.
+        if let Some(key) = &key
+            && let Some(existing) = self.existing(tenant, key).await?
+        {
+            return Ok(existing);
+        }
+        let submitted = self.intake(tenant, &reference, input, Origin::Local { key: key.as_ref() }).await?;
+        Ok(submitted.expect("a local submission creates its task"))
+    }
+
+    /// The live task `tenant`'s `key` made, as a replayed submission.
+    async fn existing(&self, tenant: &Tenant, key: &IdempotencyKey) -> Result<Option<Submitted>, SubmitError> {
+        let Some(id) = self.store.find_key(&tenant.name, key).await? else { return Ok(None) };
+        // Gone between the two reads: its key went with it, so this is a
+        // new submission.
+        Ok(self.store.get(&tenant.name, id).await?.map(|task| Submitted { task, replayed: true }))
+    }
+
+    /// The answer to a submission whose key turned out to have made
+    /// `existing` while this one was on its way (two requests with one key
+    /// at once).
+    async fn raced(&self, tenant: &Tenant, existing: TaskId) -> Result<Option<Submitted>, SubmitError> {
+        match self.store.get(&tenant.name, existing).await? {
+            Some(task) => Ok(Some(Submitted { task, replayed: true })),
+            None => Err(StoreError::Unavailable(format!("task {existing} went while its key was read")).into()),
+        }
     }
 
     /// Takes a job in: resolves its matcher for its tenant, and queues it
@@ -97,9 +126,9 @@ impl JobIntake {
         tenant: &Arc<Tenant>,
         reference: &MatcherRef,
         input: JobInput,
-        origin: Origin,
-    ) -> Result<Option<Task>, SubmitError> {
-        if matches!(origin, Origin::Local) {
+        origin: Origin<'_>,
+    ) -> Result<Option<Submitted>, SubmitError> {
+        if matches!(origin, Origin::Local { .. }) {
             self.may_accept(tenant)?;
         }
         let accepted = matches!(origin, Origin::Stream { .. });
@@ -113,8 +142,8 @@ impl JobIntake {
             }
             (Err(err), _) => return Err(err),
         };
-        let (created, claim, id) = match origin {
-            Origin::Local => {
+        let (created, claim, id, key) = match origin {
+            Origin::Local { key } => {
                 let task = Task::pending(
                     self.clock.new_task_id(),
                     tenant.name.to_string(),
@@ -123,14 +152,17 @@ impl JobIntake {
                     self.store.ttl(),
                 );
                 if let Some(cluster) = &self.cluster {
-                    self.hand_to_the_deployment(cluster, tenant, &task, &matcher, input).await?;
+                    let inserted = self.hand_to_the_deployment(cluster, tenant, &task, &matcher, key, input).await?;
+                    if let Inserted::Existing(existing) = inserted {
+                        return self.raced(tenant, existing).await;
+                    }
                     let _ = self.followed.follow(&tenant.name, task.task_id);
-                    return Ok(Some(task));
+                    return Ok(Some(Submitted { task, replayed: false }));
                 }
                 let id = task.task_id;
-                (Some(task), None, id)
+                (Some(task), None, id, key)
             }
-            Origin::Stream { task_id, claim } => (None, Some(claim), task_id),
+            Origin::Stream { task_id, claim } => (None, Some(claim), task_id, None),
         };
 
         let slot = self.queue.reserve().ok_or(SubmitError::QueueFull(self.queue.capacity()))?;
@@ -138,9 +170,17 @@ impl JobIntake {
         // Tracked before it is stored, so an expiry can never miss it.
         let (cancel, _done) = self.tracker.track(&tenant.name, id);
         if let Some(task) = &created {
-            if let Err(err) = self.store.insert(task.clone(), tenant.caps()).instrument(span.clone()).await {
-                self.tracker.finished(id);
-                return Err(self.refused(err).into());
+            match self.store.insert(task.clone(), tenant.caps(), key).instrument(span.clone()).await {
+                Ok(Inserted::New) => {}
+                Ok(Inserted::Existing(existing)) => {
+                    self.tracker.finished(id);
+                    drop(slot);
+                    return self.raced(tenant, existing).await;
+                }
+                Err(err) => {
+                    self.tracker.finished(id);
+                    return Err(self.refused(err).into());
+                }
             }
             span.in_scope(|| tracing::debug!(postings = input.postings.len(), "task accepted"));
             if let Ok(tasks) = self.store.count().await {
@@ -162,7 +202,7 @@ impl JobIntake {
             span,
         };
         slot.push(&tenant.name, tenant.quotas.concurrent_jobs, job);
-        Ok(created)
+        Ok(created.map(|task| Submitted { task, replayed: false }))
     }
 
     /// The matcher `reference` names for `tenant`, brought in line with the
@@ -198,8 +238,9 @@ impl JobIntake {
         tenant: &Tenant,
         task: &Task,
         matcher: &Matcher,
+        key: Option<&IdempotencyKey>,
         input: JobInput,
-    ) -> Result<(), SubmitError> {
+    ) -> Result<Inserted, SubmitError> {
         let id = task.task_id;
         let envelope = Envelope {
             tenant: tenant.name.to_string(),
@@ -208,9 +249,12 @@ impl JobIntake {
             uploaded: matcher.source == crate::registry::Source::Uploaded,
             input,
         };
-        cluster.publish(task.clone(), tenant.caps(), &envelope).await.map_err(|e| self.refused(e))?;
-        tracing::debug!(task_id = %id, tenant = %tenant.name, matcher = %matcher.name, "task accepted into the stream");
-        Ok(())
+        let inserted =
+            cluster.publish(task.clone(), tenant.caps(), key, &envelope).await.map_err(|e| self.refused(e))?;
+        if inserted == Inserted::New {
+            tracing::debug!(task_id = %id, tenant = %tenant.name, matcher = %matcher.name, "task accepted into the stream");
+        }
+        Ok(inserted)
     }
 
     /// Ends the task of a job from the stream that cannot run anywhere: the

@@ -28,7 +28,8 @@ use crate::registry::{
 };
 use crate::runtime::{JobInput, LiveInstances, Sandbox, SandboxConfig};
 use crate::tasks::{
-    Backend, Clock, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskCounts, TaskId, TaskStore,
+    Backend, Clock, IdempotencyKey, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskCounts, TaskId,
+    TaskStore,
 };
 use crate::tenants::{AuthError, HostLimits, Tenant, Tenants};
 use intake::JobIntake;
@@ -75,6 +76,15 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Connections held at once on the API's listener.
     pub max_connections: usize,
+}
+
+/// An accepted submission.
+#[derive(Debug)]
+pub struct Submitted {
+    pub task: Task,
+    /// The submission's idempotency key had made this task already: no new
+    /// task, no new job.
+    pub replayed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,8 +229,18 @@ impl Matchbox {
         tenant: &Arc<Tenant>,
         matcher: Option<MatcherRef>,
         input: JobInput,
-    ) -> Result<Task, SubmitError> {
-        self.intake.submit(tenant, matcher, input).await
+        key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, SubmitError> {
+        self.intake.submit(tenant, matcher, input, key).await
+    }
+
+    /// Whether `tenant`'s idempotency key `key` made a task that lives: a
+    /// submission with it is a retry. A store that cannot tell says so at
+    /// the submission itself.
+    pub async fn is_retry(&self, tenant: &Tenant, key: &str) -> bool {
+        // No fingerprint is the empty string: a live key answers "reused".
+        let probe = IdempotencyKey { key: key.to_string(), fingerprint: String::new() };
+        !matches!(self.store.find_key(&tenant.name, &probe).await, Ok(None))
     }
 
     /// `tenant`'s task, or why there is none: expired (its id's timestamp is

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Clock, LogLevel, Ranking, StoreError, Task, TaskCounts, TaskEnd, TaskLogLine, TaskLogs, TaskOutcome, TaskStatus,
-    TaskStore, TenantCaps,
+    Clock, IdempotencyKey, Inserted, LogLevel, Ranking, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogLine,
+    TaskLogs, TaskOutcome, TaskStatus, TaskStore, TenantCaps,
 };
 use crate::runtime::{FailureKind, JobFailure};
 
@@ -29,6 +29,7 @@ where
     unknown_ids_are_refused(make(16, LONG).await).await;
     tenant_caps_are_enforced(make(16, LONG).await).await;
     expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
+    idempotency_keys_make_one_task(make(16, LONG).await).await;
 }
 
 /// The tenants the suite uses; a store that must know its tenants is made
@@ -45,10 +46,10 @@ async fn round_trip(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
     store.check().await.expect("a fresh store is ready");
     let task = pending(&*store, &clock);
-    store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+    store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
     assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), Some(task.clone()));
     assert_eq!(store.count().await.unwrap(), 1);
-    assert_eq!(store.insert(task.clone(), TenantCaps::NONE).await, Err(StoreError::Duplicate(task.task_id)));
+    assert_eq!(store.insert(task.clone(), TenantCaps::NONE, None).await, Err(StoreError::Duplicate(task.task_id)));
     assert!(store.remove(TENANT, task.task_id).await.unwrap());
     assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), None);
     assert!(!store.remove(TENANT, task.task_id).await.unwrap(), "a second remove finds nothing");
@@ -59,7 +60,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
     let task = pending(&*store, &clock);
     let id = task.task_id;
-    store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+    store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
 
     assert!(store.start(TENANT, id).await.unwrap());
     assert!(!store.start(TENANT, id).await.unwrap(), "a task starts once");
@@ -88,7 +89,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
 
     // A pending task can end without running (cancelled or failed early).
     let early = pending(&*store, &clock);
-    store.insert(early.clone(), TenantCaps::NONE).await.unwrap();
+    store.insert(early.clone(), TenantCaps::NONE, None).await.unwrap();
     let error = JobFailure::new(FailureKind::Unavailable, "matcher removed");
     assert!(store.finish(TENANT, early.task_id, TaskOutcome::Failed(error.clone()).into()).await.unwrap());
     let failed = store.get(TENANT, early.task_id).await.unwrap().unwrap();
@@ -99,7 +100,7 @@ async fn transitions_happen_once(store: Arc<dyn TaskStore>) {
 
     // A failed job's logs are kept beside its error.
     let trapped = pending(&*store, &clock);
-    store.insert(trapped.clone(), TenantCaps::NONE).await.unwrap();
+    store.insert(trapped.clone(), TenantCaps::NONE, None).await.unwrap();
     let end = TaskEnd { outcome: TaskOutcome::Failed(error.clone()), logs: Some(logs.clone()) };
     assert!(store.finish(TENANT, trapped.task_id, end).await.unwrap());
     let trapped = store.get(TENANT, trapped.task_id).await.unwrap().unwrap();
@@ -112,7 +113,7 @@ async fn counts_follow_every_change(store: Arc<dyn TaskStore>) {
         |pending, running, completed, failed, cancelled| TaskCounts { pending, running, completed, failed, cancelled };
     let tasks: Vec<Task> = (0..4).map(|_| pending(&*store, &clock)).collect();
     for task in &tasks {
-        store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+        store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
     }
     let id = |i: usize| tasks[i].task_id;
     assert_eq!(store.counts().await.unwrap(), counts(4, 0, 0, 0, 0));
@@ -140,7 +141,7 @@ async fn tenants_never_see_each_others_tasks(store: Arc<dyn TaskStore>) {
     let clock = Clock::new();
     let task = pending(&*store, &clock);
     let id = task.task_id;
-    store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+    store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
     let other = OTHER;
     assert_eq!(store.get(other, id).await.unwrap(), None);
     assert!(!store.start(other, id).await.unwrap());
@@ -168,26 +169,26 @@ async fn tenant_caps_are_enforced(store: Arc<dyn TaskStore>) {
     let of =
         |tenant: &str| Task::pending(clock.new_task_id(), tenant.into(), "skills".into(), clock.now(), store.ttl());
     let (first, second) = (of(TENANT), of(TENANT));
-    store.insert(first.clone(), caps).await.unwrap();
-    store.insert(second.clone(), caps).await.unwrap();
+    store.insert(first.clone(), caps, None).await.unwrap();
+    store.insert(second.clone(), caps, None).await.unwrap();
     let over = StoreError::OverQuota { tenant: TENANT.into(), limit: 2 };
-    assert_eq!(store.insert(of(TENANT), caps).await, Err(over), "two pending is the quota");
+    assert_eq!(store.insert(of(TENANT), caps, None).await, Err(over), "two pending is the quota");
     assert!(store.refusal(OTHER, caps).is_none());
-    store.insert(of(OTHER), caps).await.expect("another tenant is not held up");
+    store.insert(of(OTHER), caps, None).await.expect("another tenant is not held up");
 
     // A finished task no longer counts as pending, but it is still held.
     assert!(store.finish(TENANT, first.task_id, TaskOutcome::Completed(vec![]).into()).await.unwrap());
     let third = of(TENANT);
-    store.insert(third.clone(), caps).await.unwrap();
+    store.insert(third.clone(), caps, None).await.unwrap();
     let full = StoreError::TenantFull { tenant: TENANT.into(), cap: 3 };
     assert!(store.finish(TENANT, second.task_id, TaskOutcome::Cancelled.into()).await.unwrap());
-    assert_eq!(store.insert(of(TENANT), caps).await, Err(full), "three held is the cap, finished or not");
+    assert_eq!(store.insert(of(TENANT), caps, None).await, Err(full), "three held is the cap, finished or not");
     for task in [&first, &second, &third] {
         assert!(store.get(TENANT, task.task_id).await.unwrap().is_some(), "a refusal loses nothing");
     }
     // Deleting gives the room back.
     assert!(store.remove(TENANT, first.task_id).await.unwrap());
-    store.insert(of(TENANT), caps).await.expect("room again after a delete");
+    store.insert(of(TENANT), caps, None).await.expect("room again after a delete");
 }
 
 async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
@@ -195,7 +196,7 @@ async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
     let ttl = store.ttl();
     let task = pending(&*store, &clock);
     let id = task.task_id;
-    store.insert(task, TenantCaps::NONE).await.unwrap();
+    store.insert(task, TenantCaps::NONE, None).await.unwrap();
     tokio::time::sleep(ttl / 2).await;
     assert!(store.start(TENANT, id).await.unwrap());
     assert!(store.finish(TENANT, id, TaskOutcome::Completed(vec![]).into()).await.unwrap());
@@ -203,9 +204,75 @@ async fn expiry_deletes_and_counts_from_creation(store: Arc<dyn TaskStore>) {
 
     // Gone soon after the time to live, counted from creation, not from the
     // last update. Backends with coarse expiry get a bounded grace period.
+    let key = IdempotencyKey { key: "made-before-expiry".into(), fingerprint: "f".into() };
+    let keyed = pending(&*store, &clock);
+    assert_eq!(store.insert(keyed.clone(), TenantCaps::NONE, Some(&key)).await, Ok(Inserted::New));
     tokio::time::sleep(ttl / 2).await;
     expired_within_grace(&*store).await;
     assert_eq!(store.get(TENANT, id).await.unwrap(), None);
+    assert_eq!(store.find_key(TENANT, &key).await, Ok(None), "a key expires with its task");
+    let after = pending(&*store, &clock);
+    assert_eq!(store.insert(after, TenantCaps::NONE, Some(&key)).await, Ok(Inserted::New), "and is free again");
+}
+
+async fn idempotency_keys_make_one_task(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    let key = IdempotencyKey { key: "retry-1".into(), fingerprint: "aaaa".into() };
+    let first = pending(&*store, &clock);
+    assert_eq!(store.insert(first.clone(), TenantCaps::NONE, Some(&key)).await, Ok(Inserted::New));
+    let id = first.task_id;
+
+    // The same key again answers the first task, and inserts nothing.
+    let retry = pending(&*store, &clock);
+    assert_eq!(store.insert(retry.clone(), TenantCaps::NONE, Some(&key)).await, Ok(Inserted::Existing(id)));
+    assert_eq!(store.get(TENANT, retry.task_id).await.unwrap(), None, "a replay inserts nothing");
+    assert_eq!(store.count().await.unwrap(), 1);
+    assert_eq!(store.find_key(TENANT, &key).await, Ok(Some(id)));
+    // Even at the tenant's caps, and once the task has ended.
+    let full = TenantCaps { tasks: 1, pending: 1 };
+    assert_eq!(store.insert(pending(&*store, &clock), full, Some(&key)).await, Ok(Inserted::Existing(id)));
+    assert!(store.finish(TENANT, id, TaskOutcome::Completed(vec![]).into()).await.unwrap());
+    assert_eq!(store.insert(pending(&*store, &clock), TenantCaps::NONE, Some(&key)).await, Ok(Inserted::Existing(id)));
+
+    // The key with another submission is refused, naming the task.
+    let reused = IdempotencyKey { fingerprint: "bbbb".into(), ..key.clone() };
+    let conflict = Err(StoreError::KeyReused { key: key.key.clone(), task_id: id });
+    assert_eq!(store.insert(pending(&*store, &clock), TenantCaps::NONE, Some(&reused)).await, conflict);
+    assert_eq!(store.find_key(TENANT, &reused).await.map(|_| ()), conflict.map(|_| ()));
+    assert_eq!(store.count().await.unwrap(), 1);
+
+    // Another tenant's key of the same name is its own.
+    let theirs = Task::pending(clock.new_task_id(), OTHER.into(), "skills".into(), clock.now(), store.ttl());
+    assert_eq!(store.insert(theirs.clone(), TenantCaps::NONE, Some(&reused)).await, Ok(Inserted::New));
+    assert_eq!(store.find_key(OTHER, &reused).await, Ok(Some(theirs.task_id)));
+
+    // The key lives as long as its task: removed, the key is free.
+    assert!(store.remove(TENANT, id).await.unwrap());
+    assert_eq!(store.find_key(TENANT, &key).await, Ok(None));
+    let next = pending(&*store, &clock);
+    assert_eq!(store.insert(next.clone(), TenantCaps::NONE, Some(&reused)).await, Ok(Inserted::New));
+
+    // Inserts racing with one fresh key make one task; every other one is
+    // answered with it.
+    let fresh = IdempotencyKey { key: "raced".into(), fingerprint: "cccc".into() };
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, fresh, task) = (store.clone(), fresh.clone(), pending(&*store, &clock));
+        racers.spawn(async move {
+            store.insert(task.clone(), TenantCaps::NONE, Some(&fresh)).await.map(|i| (i, task.task_id))
+        });
+    }
+    let results = racers.join_all().await;
+    let made: Vec<TaskId> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok((Inserted::New, id)) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(made.len(), 1, "{results:?}");
+    let answers: Vec<Inserted> = results.iter().map(|r| r.as_ref().expect("no insert fails").0).collect();
+    assert!(answers.iter().all(|a| *a == Inserted::New || *a == Inserted::Existing(made[0])), "{results:?}");
 }
 
 /// Called once the time to live of every task in `store` has lapsed: waits

@@ -25,7 +25,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Clock, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskStatus, TaskStore, TenantCaps};
+use super::{
+    Clock, IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskStatus, TaskStore, TenantCaps,
+};
 
 /// Told the ids of tasks the purge deleted, after the lock is released, so
 /// that jobs still running for them can be cancelled.
@@ -57,6 +59,9 @@ struct State {
     /// What each tenant holds, kept up to date the same way; a tenant that
     /// holds nothing has no entry.
     held: HashMap<String, Held>,
+    /// Each live task's idempotency key, by tenant and key: the task and
+    /// the fingerprint of what made it.
+    keys: HashMap<(String, String), (TaskId, String)>,
 }
 
 /// One tenant's tasks: all it holds, and those pending or running.
@@ -69,6 +74,8 @@ struct Held {
 struct Entry {
     task: Task,
     expires: Instant,
+    /// The idempotency key that made it, forgotten with it.
+    key: Option<String>,
 }
 
 impl MemoryStore {
@@ -117,6 +124,25 @@ impl State {
         None
     }
 
+    /// The task `tenant`'s `key` made, if it lives; refused if another
+    /// fingerprint made it.
+    fn keyed(&self, tenant: &str, key: &IdempotencyKey) -> Result<Option<TaskId>, StoreError> {
+        match self.keys.get(&(tenant.to_string(), key.key.clone())) {
+            Some((id, fingerprint)) if *fingerprint == key.fingerprint => Ok(Some(*id)),
+            Some((id, _)) => Err(StoreError::KeyReused { key: key.key.clone(), task_id: *id }),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets an entry that left the table: its key and every count.
+    fn forget_entry(&mut self, entry: &Entry) {
+        if let Some(key) = &entry.key {
+            self.keys.remove(&(entry.task.tenant.clone(), key.clone()));
+            crate::support::capacity::give_back_spare(&mut self.keys);
+        }
+        self.forget(&entry.task);
+    }
+
     /// Forgets a task that left the table, in every count.
     fn forget(&mut self, task: &Task) {
         self.by_status.take(task.status);
@@ -141,7 +167,7 @@ impl State {
             }
             self.expirations.pop_first();
             if let Some(entry) = self.tasks.remove(&id) {
-                self.forget(&entry.task);
+                self.forget_entry(&entry);
             }
             expired.push(id);
         }
@@ -178,10 +204,15 @@ async fn purge_expired_tasks(shared: Arc<Shared>) {
 
 #[async_trait]
 impl TaskStore for MemoryStore {
-    async fn insert(&self, task: Task, caps: TenantCaps) -> Result<(), StoreError> {
+    async fn insert(&self, task: Task, caps: TenantCaps, key: Option<&IdempotencyKey>) -> Result<Inserted, StoreError> {
         let expires = Instant::now() + self.ttl;
         let id = task.task_id;
         let mut state = self.shared.state.lock().unwrap();
+        if let Some(key) = key
+            && let Some(existing) = state.keyed(&task.tenant, key)?
+        {
+            return Ok(Inserted::Existing(existing));
+        }
         if state.tasks.contains_key(&id) {
             return Err(StoreError::Duplicate(id));
         }
@@ -195,13 +226,20 @@ impl TaskStore for MemoryStore {
         let held = state.held.entry(task.tenant.clone()).or_default();
         held.tasks += 1;
         held.open += 1;
-        state.tasks.insert(id, Entry { task, expires });
+        if let Some(key) = key {
+            state.keys.insert((task.tenant.clone(), key.key.clone()), (id, key.fingerprint.clone()));
+        }
+        state.tasks.insert(id, Entry { task, expires, key: key.map(|k| k.key.clone()) });
         state.expirations.insert((expires, id));
         drop(state);
         if earliest {
             self.shared.wake_purge.notify_one();
         }
-        Ok(())
+        Ok(Inserted::New)
+    }
+
+    async fn find_key(&self, tenant: &str, key: &IdempotencyKey) -> Result<Option<TaskId>, StoreError> {
+        self.shared.state.lock().unwrap().keyed(tenant, key)
     }
 
     fn refusal(&self, tenant: &str, caps: TenantCaps) -> Option<StoreError> {
@@ -254,7 +292,7 @@ impl TaskStore for MemoryStore {
         }
         let entry = state.tasks.remove(&id).expect("just seen");
         state.expirations.remove(&(entry.expires, id));
-        state.forget(&entry.task);
+        state.forget_entry(&entry);
         Ok(true)
     }
 
@@ -321,7 +359,7 @@ mod tests {
         for _ in 0..100 {
             let id = clock.new_task_id();
             table
-                .insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+                .insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE, None)
                 .await
                 .unwrap();
             ids.push(id);
@@ -354,7 +392,7 @@ mod tests {
         for _ in 0..1000 {
             let id = clock.new_task_id();
             table
-                .insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+                .insert(Task::pending(id, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE, None)
                 .await
                 .unwrap();
             assert!(table.start("default", id).await.unwrap());
@@ -380,13 +418,13 @@ mod tests {
         let clock = Clock::new();
         let first = clock.new_task_id();
         table
-            .insert(Task::pending(first, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+            .insert(Task::pending(first, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE, None)
             .await
             .unwrap();
         tokio::time::advance(HOUR / 2).await;
         let second = clock.new_task_id();
         table
-            .insert(Task::pending(second, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE)
+            .insert(Task::pending(second, "default".into(), "skills".into(), clock.now(), HOUR), TenantCaps::NONE, None)
             .await
             .unwrap();
 
@@ -410,10 +448,10 @@ mod tests {
         for _ in 0..3 {
             let task = pending();
             kept.push(task.task_id);
-            table.insert(task, TenantCaps::NONE).await.unwrap();
+            table.insert(task, TenantCaps::NONE, None).await.unwrap();
         }
         assert_eq!(table.refusal("default", TenantCaps::NONE), Some(StoreError::Full { capacity: 3 }));
-        assert_eq!(table.insert(pending(), TenantCaps::NONE).await, Err(StoreError::Full { capacity: 3 }));
+        assert_eq!(table.insert(pending(), TenantCaps::NONE, None).await, Err(StoreError::Full { capacity: 3 }));
         for id in kept {
             assert!(table.get("default", id).await.unwrap().is_some(), "a full table loses nothing it accepted");
         }

@@ -317,6 +317,28 @@ impl Task {
     }
 }
 
+/// A client's `Idempotency-Key` on a submission, and the fingerprint of
+/// what it submitted. The store remembers a key as long as the task it
+/// created: the same key again answers that task; with another
+/// fingerprint, it is refused ([`StoreError::KeyReused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key as the client sent it (1 to 255 visible ASCII characters).
+    pub key: String,
+    /// The SHA-256 of the submission, hex: what the key stands for.
+    pub fingerprint: String,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The task is in the table now.
+    New,
+    /// The submission's idempotency key had made this task already; nothing
+    /// was inserted.
+    Existing(TaskId),
+}
+
 /// What one tenant may hold in the table; the store enforces both
 /// atomically with each insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +368,12 @@ pub enum StoreError {
     OverQuota { tenant: String, limit: usize },
     #[error("task {0} already exists")]
     Duplicate(TaskId),
+    /// The idempotency key made a task for another submission.
+    #[error(
+        "Idempotency-Key '{key}' was sent with another request (a different matcher, candidate, postings or \
+         options) while its task {task_id} lives; send a new key for a new request"
+    )]
+    KeyReused { key: String, task_id: TaskId },
     /// The backend cannot be reached or answered with an error.
     #[error("the task store is unavailable: {0}")]
     Unavailable(String),
@@ -367,7 +395,19 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Adds a pending task; it expires `ttl()` after `task.created_at`.
     /// Refused if the table is full or the task's tenant is at one of
     /// `caps`; nothing is changed then.
-    async fn insert(&self, task: Task, caps: TenantCaps) -> Result<(), StoreError>;
+    ///
+    /// With `key`: if the tenant's key already made a task that still
+    /// lives, nothing is inserted and that task's id is returned (or
+    /// [`StoreError::KeyReused`] if it was made for another fingerprint),
+    /// whatever the caps; otherwise the key is remembered with the new task,
+    /// in the same step, and forgotten when the task expires or is removed.
+    /// Two inserts with one key make one task.
+    async fn insert(&self, task: Task, caps: TenantCaps, key: Option<&IdempotencyKey>) -> Result<Inserted, StoreError>;
+
+    /// The task `tenant`'s `key` made, if it still lives; `KeyReused` if it
+    /// was made for another fingerprint. A hint to answer a retry before
+    /// anything else is checked; `insert` decides for real.
+    async fn find_key(&self, tenant: &str, key: &IdempotencyKey) -> Result<Option<TaskId>, StoreError>;
 
     /// Why an insert for `tenant` would be refused now, if the store can
     /// tell without a round trip: a hint for refusing a request before its

@@ -67,7 +67,8 @@ pub use conn::RedisConn;
 pub use stream::{EntryFinish, EntryRef};
 
 use super::{
-    StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskResult, TaskStatus, TaskStore, TenantCaps,
+    IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskResult,
+    TaskStatus, TaskStore, TenantCaps,
 };
 use crate::runtime::JobFailure;
 
@@ -113,7 +114,11 @@ end
 /// KEYS: task, then the tenant's five status sets in `TaskStatus::ALL` order.
 /// ARGV: task JSON, ttl ms, tasks cap, pending cap, id.
 const INSERT_FN: &str = r"
-local function insert()
+local function insert(idem, claim)
+  if idem ~= '' then
+    local prior = redis.call('GET', idem)
+    if prior then return prior end
+  end
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
   local t = now()
   local live = '(' .. t
@@ -126,11 +131,21 @@ local function insert()
   redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending', 'x', expires)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[2], expires, ARGV[5])
+  if idem ~= '' then
+    redis.call('SET', idem, claim, 'PX', ARGV[2])
+    redis.call('HSET', KEYS[1], 'k', idem)
+  end
   return 1
 end
 ";
 
-const INSERT: &str = "return insert()";
+/// KEYS: task, its five status sets. ARGV: task JSON, ttl ms, tasks cap,
+/// pending cap, id, idempotency key's key (or ''), its claim. Answers 1
+/// inserted, 0 duplicate id, -1 / -2 over a cap, or the claim (`<task id>
+/// <fingerprint>`) of the key's live task. The key lives as long as the task
+/// (the same TTL; REMOVE deletes it with the task, named in its `k`), in the
+/// tenant's hash slot, so the key and its task move together.
+const INSERT: &str = "return insert(ARGV[6], ARGV[7])";
 
 /// Moves member `id` from set `from` to set `to` with score `expires`
 /// (the hash's `x`; for a task written before it kept one, the member's
@@ -178,9 +193,12 @@ end
 /// JSON, id.
 const FINISH: &str = "return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
 
-/// KEYS: task, its job, then the five status sets. ARGV: id.
+/// KEYS: task, its job, then the five status sets. ARGV: id. The task's
+/// idempotency key (its `k`, in the same hash slot) goes with it.
 const REMOVE: &str = r"
 redis.call('DEL', KEYS[2])
+local idem = redis.call('HGET', KEYS[1], 'k')
+if idem then redis.call('DEL', idem) end
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 for i = 3, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
@@ -242,6 +260,17 @@ fn read_outcome<T: DeserializeOwned>(stored: &str) -> Result<(T, Option<TaskLogs
     }
     let Stored { body, logs } = serde_json::from_str(stored).map_err(corrupt)?;
     Ok((body, logs))
+}
+
+/// The task an idempotency key's claim (`<task id> <fingerprint>`) names,
+/// if `key` was sent with the same fingerprint.
+fn read_claim(key: &IdempotencyKey, claim: &str) -> Result<Inserted, StoreError> {
+    let (id, fingerprint) = claim.split_once(' ').ok_or_else(|| corrupt("an idempotency key without a fingerprint"))?;
+    let task_id = TaskId::try_parse(id).map_err(corrupt)?;
+    if fingerprint != key.fingerprint {
+        return Err(StoreError::KeyReused { key: key.key.clone(), task_id });
+    }
+    Ok(Inserted::Existing(task_id))
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -365,11 +394,41 @@ impl RedisStore {
     }
 
     /// What an insert script's answer means; a refusal is remembered.
-    fn inserted(&self, tenant: &str, id: TaskId, caps: TenantCaps, code: i64) -> Result<(), StoreError> {
+    /// The key under which `tenant`'s idempotency key `key` names its task.
+    fn idem_key(&self, tenant: &str, key: &str) -> String {
+        format!("{}:idem:{key}", self.tag(tenant))
+    }
+
+    /// The idempotency arguments of an insert: the key's Redis key and the
+    /// claim it is set to, or two empty strings.
+    fn idem_args(&self, tenant: &str, id: TaskId, key: Option<&IdempotencyKey>) -> (String, String) {
+        match key {
+            Some(key) => (self.idem_key(tenant, &key.key), format!("{id} {}", key.fingerprint)),
+            None => (String::new(), String::new()),
+        }
+    }
+
+    /// What an insert script answered.
+    fn inserted(
+        &self,
+        tenant: &str,
+        id: TaskId,
+        caps: TenantCaps,
+        key: Option<&IdempotencyKey>,
+        reply: redis::Value,
+    ) -> Result<Inserted, StoreError> {
+        let code = match reply {
+            redis::Value::Int(code) => code,
+            redis::Value::BulkString(claim) => {
+                let key = key.ok_or_else(|| corrupt("an insert without a key answered a key's claim"))?;
+                return read_claim(key, &String::from_utf8_lossy(&claim));
+            }
+            other => return Err(corrupt(format!("an insert answered {other:?}"))),
+        };
         let refused = match code {
             1 => {
                 self.refusals.lock().unwrap().remove(tenant);
-                return Ok(());
+                return Ok(Inserted::New);
             }
             0 => return Err(StoreError::Duplicate(id)),
             -1 => StoreError::TenantFull { tenant: tenant.to_string(), cap: caps.tasks },
@@ -404,23 +463,38 @@ impl RedisStore {
 
 #[async_trait]
 impl TaskStore for RedisStore {
-    async fn insert(&self, task: Task, caps: TenantCaps) -> Result<(), StoreError> {
+    async fn insert(&self, task: Task, caps: TenantCaps, key: Option<&IdempotencyKey>) -> Result<Inserted, StoreError> {
         let id = task.task_id;
         let json = serde_json::to_string(&task).expect("a task serialises");
         let mut invocation = self.scripts.insert.key(self.key(&task.tenant, id));
         for set in self.sets(&task.tenant) {
             invocation.key(set);
         }
-        let inserted: i64 = invocation
+        let (idem, claim) = self.idem_args(&task.tenant, id, key);
+        let inserted: redis::Value = invocation
             .arg(json)
             .arg(self.ttl.as_millis().max(1) as u64)
             .arg(caps.tasks.min(i64::MAX as usize))
             .arg(caps.pending.min(i64::MAX as usize))
             .arg(id.to_string())
+            .arg(idem)
+            .arg(claim)
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        self.inserted(&task.tenant, id, caps, inserted)
+        self.inserted(&task.tenant, id, caps, key, inserted)
+    }
+
+    async fn find_key(&self, tenant: &str, key: &IdempotencyKey) -> Result<Option<TaskId>, StoreError> {
+        let claim: Option<String> =
+            self.redis.clone().get(self.idem_key(tenant, &key.key)).await.map_err(unavailable)?;
+        match claim {
+            Some(claim) => match read_claim(key, &claim)? {
+                Inserted::Existing(id) => Ok(Some(id)),
+                Inserted::New => Ok(None),
+            },
+            None => Ok(None),
+        }
     }
 
     /// A refusal of the last half second: enough to refuse a tenant that
@@ -559,7 +633,7 @@ mod tests {
         let store = open(&test_redis(), &prefix, vec!["acme".into()], ttl);
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
-        store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+        store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
         let key = format!("{{{prefix}:acme}}:task:{}", task.task_id);
         let mut redis = store.redis.clone();
         let before: i64 = redis.pttl(&key).await.unwrap();
@@ -582,7 +656,7 @@ mod tests {
         let store = open(&test_redis(), &prefix, vec!["acme".into()], ttl);
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), ttl);
-        store.insert(task.clone(), TenantCaps::NONE).await.unwrap();
+        store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
         let _: i64 = store
             .redis
             .clone()
@@ -601,7 +675,7 @@ mod tests {
         assert!(matches!(store.check().await, Err(StoreError::Unavailable(_))));
         let clock = Clock::new();
         let task = Task::pending(clock.new_task_id(), "acme".into(), "skills".into(), clock.now(), store.ttl());
-        assert!(matches!(store.insert(task, TenantCaps::NONE).await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(store.insert(task, TenantCaps::NONE, None).await, Err(StoreError::Unavailable(_))));
         assert!(matches!(store.counts().await, Err(StoreError::Unavailable(_))));
     }
 }

@@ -21,7 +21,7 @@
 
 use super::{RedisStore, StoreError, TaskId, TaskStatus, stored_outcome, unavailable};
 use crate::runtime::JobFailure;
-use crate::tasks::{Task, TaskEnd, TenantCaps};
+use crate::tasks::{IdempotencyKey, Inserted, Task, TaskEnd, TenantCaps};
 
 /// Whether `consumer` holds `entry` (it is pending in `group`, delivered to
 /// `consumer`).
@@ -35,10 +35,12 @@ end
 /// The insert, and if it happened the job's entry appended and `work`
 /// announced; if it was refused, the job's key (written just before)
 /// deleted. KEYS: task, five status sets, stream, job. ARGV: task JSON, ttl
-/// ms, tasks cap, pending cap, id, channel, announcement.
+/// ms, tasks cap, pending cap, id, channel, announcement, idempotency key's
+/// key (or ''), its claim. A submission whose key made a task already (the
+/// claim is answered) leaves no job either.
 pub(super) const INSERT_ENQUEUE: &str = r"
-local inserted = insert()
-if inserted < 0 then redis.call('DEL', KEYS[8]) end
+local inserted = insert(ARGV[8], ARGV[9])
+if type(inserted) == 'string' or inserted < 0 then redis.call('DEL', KEYS[8]) end
 if inserted ~= 1 then return inserted end
 redis.call('XADD', KEYS[7], '*', 'task', ARGV[5])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
@@ -161,11 +163,13 @@ impl RedisStore {
         &self,
         task: Task,
         caps: TenantCaps,
+        key: Option<&IdempotencyKey>,
         job: &str,
         channel: &str,
         announcement: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Inserted, StoreError> {
         let id = task.task_id;
+        let (idem, claim) = self.idem_args(&task.tenant, id, key);
         let ttl = self.ttl.as_millis().max(1) as u64;
         let job_key = self.job_key(&task.tenant, id);
         let mut invocation = self.scripts.insert_enqueue.prepare_invoke();
@@ -181,9 +185,11 @@ impl RedisStore {
             .arg(caps.pending.min(i64::MAX as usize))
             .arg(id.to_string())
             .arg(channel)
-            .arg(announcement);
+            .arg(announcement)
+            .arg(idem)
+            .arg(claim);
         let mut redis = self.redis.clone();
-        let pipelined: redis::RedisResult<((), i64)> = redis::pipe()
+        let pipelined: redis::RedisResult<((), redis::Value)> = redis::pipe()
             .cmd("SET")
             .arg(&job_key)
             .arg(job)
@@ -202,7 +208,7 @@ impl RedisStore {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        self.inserted(&task.tenant, id, caps, inserted)
+        self.inserted(&task.tenant, id, caps, key, inserted)
     }
 
     /// The jobs of `tenant`'s tasks `ids`, in order; `None` where a task's
