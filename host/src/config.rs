@@ -239,6 +239,7 @@ impl From<Config> for Settings {
                 max_body: config.max_body,
                 max_wait: config.max_wait,
                 max_component_size: config.max_component_size,
+                max_postings: config.max_postings,
                 header_timeout: config.header_timeout,
                 body_timeout: config.body_timeout,
                 max_connections: config.max_connections,

@@ -63,7 +63,7 @@ async fn every_documented_operation_is_served_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let app = service(&dir).await;
     let doc = document(&app).await;
-    assert_eq!(doc, serde_json::to_value(matchbox::api::openapi()).unwrap(), "served as built");
+    assert_eq!(doc, matchbox::api::openapi(&app.http_limits()), "served as built");
 
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = 0;
@@ -292,4 +292,201 @@ fn with_matcher(body: Vec<u8>, matcher: &str) -> Vec<u8> {
     let mut value: Value = serde_json::from_slice(&body).unwrap();
     value["matcher"] = json!(matcher);
     value.to_string().into_bytes()
+}
+
+/// Instances of the document's own schemas, as a document-driven fuzzer
+/// makes them: every required property and some optional ones, lengths,
+/// counts and numbers within the bounds the schema states, a schema's
+/// `examples` where it gives some, and a random string checked against its
+/// `pattern`. Seeded, so a failure is the same on every run.
+struct Generator {
+    doc: Value,
+    state: u64,
+}
+
+impl Generator {
+    fn new(doc: &Value, seed: u64) -> Self {
+        Generator { doc: doc.clone(), state: seed | 1 }
+    }
+
+    fn next(&mut self) -> u64 {
+        // xorshift64
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    /// A whole number in `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next().is_multiple_of(2)
+    }
+
+    fn resolve(&self, schema: &Value) -> Value {
+        match schema["$ref"].as_str() {
+            Some(r) => self.resolve(&self.doc["components"]["schemas"][r.trim_start_matches("#/components/schemas/")]),
+            None => schema.clone(),
+        }
+    }
+
+    fn value(&mut self, schema: &Value) -> Value {
+        let schema = self.resolve(schema);
+        for branches in ["oneOf", "anyOf"] {
+            if let Some(options) = schema[branches].as_array() {
+                let pick = options[self.between(0, options.len() as u64 - 1) as usize].clone();
+                return self.value(&pick);
+            }
+        }
+        if let Some(all) = schema["allOf"].as_array() {
+            return self.value(&all[0]);
+        }
+        if let Some(values) = schema["enum"].as_array().or(schema["examples"].as_array()) {
+            return values[self.between(0, values.len() as u64 - 1) as usize].clone();
+        }
+        let kind = match &schema["type"] {
+            Value::Array(kinds) => {
+                // A nullable field is given a value three times in four.
+                let real: Vec<&Value> = kinds.iter().filter(|k| *k != "null").collect();
+                if real.is_empty() || self.between(0, 3) == 0 {
+                    "null".to_string()
+                } else {
+                    real[0].as_str().unwrap().into()
+                }
+            }
+            Value::String(kind) => kind.clone(),
+            _ => "object".into(),
+        };
+        let bound = |key: &str| schema[key].as_f64();
+        match kind.as_str() {
+            "null" => Value::Null,
+            "boolean" => json!(self.coin()),
+            "integer" => {
+                let lo = bound("minimum").unwrap_or(0.0).max(0.0) as u64;
+                let hi = bound("maximum").map_or(lo + 100_000, |h| h as u64);
+                json!(self.between(lo, hi))
+            }
+            "number" => {
+                let (lo, hi) = (bound("minimum").unwrap_or(0.0), bound("maximum").unwrap_or(1000.0));
+                let x = lo + (hi - lo) * (self.between(0, 1000) as f64 / 1000.0);
+                json!(x)
+            }
+            "string" => self.string(&schema),
+            "array" => {
+                let lo = schema["minItems"].as_u64().unwrap_or(0);
+                let hi = schema["maxItems"].as_u64().unwrap_or(4).min(lo + 4);
+                let n = self.between(lo, hi);
+                Value::Array((0..n).map(|_| self.value(&schema["items"])).collect())
+            }
+            _ => {
+                let required: Vec<String> = schema["required"]
+                    .as_array()
+                    .map(|r| r.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default();
+                let mut object = serde_json::Map::new();
+                for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+                    if required.contains(name) || self.coin() {
+                        object.insert(name.clone(), self.value(property));
+                    }
+                }
+                Value::Object(object)
+            }
+        }
+    }
+
+    fn string(&mut self, schema: &Value) -> Value {
+        if schema["format"] == "uuid" {
+            return json!(uuid::Uuid::from_u64_pair(self.next(), self.next()).to_string());
+        }
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+        let lo = schema["minLength"].as_u64().unwrap_or(0);
+        let hi = schema["maxLength"].as_u64().unwrap_or(32).min(lo + 32);
+        let n = self.between(lo, hi);
+        let text: String =
+            (0..n).map(|_| ALPHABET[self.between(0, ALPHABET.len() as u64 - 1) as usize] as char).collect();
+        if let Some(pattern) = schema["pattern"].as_str() {
+            let check = jsonschema::validator_for(&json!({"pattern": pattern})).unwrap();
+            assert!(check.is_valid(&json!(text)), "the generator made {text:?}, which breaks {pattern}; give examples");
+        }
+        json!(text)
+    }
+}
+
+/// The two rules JSON Schema cannot state, which the document states in
+/// words: posting ids unique within a job, and `salary_min` at most
+/// `salary_max`.
+fn keep_the_rules_stated_in_words(job: &mut Value) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, posting) in job["postings"].as_array_mut().unwrap().iter_mut().enumerate() {
+        let id = posting["id"].as_str().unwrap().to_string();
+        if !seen.insert(id.clone()) {
+            posting["id"] = json!(format!("{}{i}", &id[..id.len().min(250)]));
+        }
+        if let (Some(lo), Some(hi)) = (posting["salary_min"].as_u64(), posting["salary_max"].as_u64())
+            && lo > hi
+        {
+            (posting["salary_min"], posting["salary_max"]) = (json!(hi), json!(lo));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_generated_from_the_document_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = Matchbox::new(Config {
+        workers: Some(2),
+        max_postings: 6,
+        data_dir: Some(dir.path().join("data")),
+        cache_dir: Some(dir.path().join("cache")),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let doc = document(&app).await;
+    let mut generate = Generator::new(&doc, 0x6d61_7463_6862_6f78);
+    let submit = &doc["paths"]["/jobs/match"]["post"];
+    let body = &submit["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(generate.resolve(body)["properties"]["postings"]["maxItems"], 6, "the host's own cap is stated");
+    for _ in 0..150 {
+        let mut job = generate.value(body);
+        keep_the_rules_stated_in_words(&mut job);
+        let reply = send(&app, "post", "/jobs/match", Some(("application/json", job.to_string().into_bytes()))).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "a generated job was refused: {}\n{job}", reply.body);
+    }
+    bounded("the generated jobs to end", app.idle()).await;
+
+    // Task ids and waits as the document describes them: never a 400.
+    let param = |operation: &Value, name: &str| {
+        operation["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["schema"].clone()
+    };
+    let get_task = &doc["paths"]["/tasks/{id}"]["get"];
+    let delete_task = &doc["paths"]["/tasks/{id}"]["delete"];
+    for _ in 0..50 {
+        let id = generate.value(&param(get_task, "id"));
+        let wait = generate.value(&param(get_task, "wait"));
+        let uri = format!("/tasks/{}?wait={}", id.as_str().unwrap(), wait.as_str().unwrap().replace(' ', "%20"));
+        let read = send(&app, "get", &uri, None).await;
+        assert!(matches!(read.status.as_u16(), 404 | 410), "GET {uri}: {} {}", read.status, read.body);
+        let id = generate.value(&param(delete_task, "id"));
+        let gone = send(&app, "delete", &format!("/tasks/{}", id.as_str().unwrap()), None).await;
+        assert!(matches!(gone.status.as_u16(), 404 | 410), "DELETE {id}: {} {}", gone.status, gone.body);
+    }
+
+    // The document now refuses what the API refuses: an id over its cap,
+    // a top_k of 0, a blank skill name.
+    let schema = generate.resolve(body);
+    let schema = schema.as_object().unwrap();
+    let good = json!({"candidate": {"id": "ada"}, "postings": [{"id": "p"}]});
+    assert!(violations(&doc, schema, &good).is_empty());
+    for bad in [
+        json!({"candidate": {"id": "a".repeat(257)}, "postings": [{"id": "p"}]}),
+        json!({"candidate": {"id": "ada"}, "postings": [{"id": "p"}], "options": {"top_k": 0}}),
+        json!({"candidate": {"id": "ada", "skills": [{"name": "  "}]}, "postings": [{"id": "p"}]}),
+        json!({"candidate": {"id": "ada"}, "postings": []}),
+    ] {
+        assert!(!violations(&doc, schema, &bad).is_empty(), "the document lets {bad} through");
+    }
 }

@@ -16,12 +16,17 @@ const BOUND: Duration = Duration::from_secs(60);
 
 /// Reads until the host closes the connection; what it said.
 async fn until_closed(stream: &mut TcpStream) -> String {
+    closed(stream).await.unwrap_or_else(|(said, _)| said)
+}
+
+/// Reads until the connection closes: what the host said, or, if it was
+/// reset, what it had said by then and the error.
+async fn closed(stream: &mut TcpStream) -> Result<String, (String, std::io::Error)> {
     let mut said = Vec::new();
-    tokio::time::timeout(BOUND, stream.read_to_end(&mut said))
-        .await
-        .expect("the host never closed the connection")
-        .unwrap_or_default();
-    String::from_utf8_lossy(&said).into_owned()
+    let read =
+        tokio::time::timeout(BOUND, stream.read_to_end(&mut said)).await.expect("the host never closed the connection");
+    let said = String::from_utf8_lossy(&said).into_owned();
+    read.map(|_| said.clone()).map_err(|e| (said, e))
 }
 
 async fn served(host: &Host) -> bool {
@@ -72,25 +77,32 @@ async fn connections_past_the_cap_are_told_503_at_once() {
     }
     // 2,000 of them, 250 at a time (the listen backlog holds 1,024).
     let addr = host.addr;
-    let mut let_in = 0;
+    let (mut let_in, mut reset) = (0, 0);
     for _ in 0..8 {
         let batch: Vec<_> = (0..250)
             .map(|_| {
                 tokio::spawn(async move {
                     let mut stream = TcpStream::connect(addr).await.unwrap();
-                    until_closed(&mut stream).await
+                    closed(&mut stream).await
                 })
             })
             .collect();
         for said in batch {
-            let said = said.await.unwrap();
-            if said.is_empty() {
-                let_in += 1;
-                continue;
+            match said.await.unwrap() {
+                Ok(said) if said.is_empty() => let_in += 1,
+                Ok(said) => {
+                    assert!(said.starts_with("HTTP/1.1 503") && said.contains("too_many_connections"), "{said:?}")
+                }
+                // The kernel's accept queue overflowing under the flood
+                // (the host never saw the connection): not a place given.
+                Err((said, e)) => {
+                    assert!(said.is_empty() || said.starts_with("HTTP/1.1 503"), "{said:?} then {e}");
+                    reset += 1;
+                }
             }
-            assert!(said.starts_with("HTTP/1.1 503") && said.contains("too_many_connections"), "{said:?}");
         }
     }
+    eprintln!("{let_in} let in, {reset} reset before the host saw them, of 2,000");
     assert!(let_in <= 1, "{let_in} connections past the cap were let in");
     let rss_during = host.rss_bytes().unwrap();
     let grew = rss_during.saturating_sub(rss_before);

@@ -100,9 +100,12 @@ fn routes(max_component_size: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi_json))
 }
 
-/// The OpenAPI document of every route [`router`] serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(0).into_openapi()
+/// The OpenAPI document of every route [`router`] serves, with the rules
+/// the API enforces stated from `limits` (see [`types::state_rules`]).
+pub fn openapi(limits: &crate::service::HttpLimits) -> serde_json::Value {
+    let mut doc = serde_json::to_value(routes(0).into_openapi()).expect("the OpenAPI document serialises");
+    types::state_rules(&mut doc, limits.max_postings, limits.max_wait, limits.max_component_size);
+    doc
 }
 
 /// What operators reach on `--admin-listen`: everything `/metrics` has,
@@ -122,8 +125,8 @@ pub fn operator_router(state: AppState) -> Router {
 /// The router over `state`; tests call it with `oneshot`, without a socket.
 pub fn router(state: AppState) -> Router {
     let limits = state.http_limits();
-    let (router, document) = routes(limits.max_component_size).split_for_parts();
-    let document = Arc::new(document.to_json().expect("the OpenAPI document serialises"));
+    let (router, _) = routes(limits.max_component_size).split_for_parts();
+    let document = Arc::new(openapi(&limits).to_string());
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -22,7 +22,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
@@ -94,8 +94,21 @@ pub async fn serve(
             // plain socket: tokio's `try_write` on a stream the reactor has
             // not yet seen writable refuses (`WouldBlock`), and under load
             // the client would be closed on with nothing said.
-            if let Ok(stream) = stream.into_std() {
-                let _ = std::io::Write::write(&mut &stream, BUSY);
+            match stream.into_std() {
+                Ok(std_stream) => match std::io::Write::write(&mut &std_stream, BUSY) {
+                    Ok(n) if n == BUSY.len() => {}
+                    // Not written at once (the socket not writable yet, or
+                    // a short write): the rest is written by a task of its
+                    // own, for a second at most, so the loop never waits
+                    // and the client is still told.
+                    written => {
+                        let from = written.unwrap_or(0);
+                        if let Ok(stream) = TcpStream::from_std(std_stream) {
+                            tokio::spawn(tell_busy(stream, from));
+                        }
+                    }
+                },
+                Err(err) => tracing::debug!(%err, "could not tell a connection past the cap"),
             }
             continue;
         };
@@ -111,6 +124,13 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Writes the rest of [`BUSY`], from byte `from`, within a second, then
+/// closes the connection.
+async fn tell_busy(mut stream: TcpStream, from: usize) {
+    let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &BUSY[from..]);
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// A request body that fails once its deadline passes.

@@ -299,3 +299,140 @@ impl MatchRequest {
         Ok((matcher, JobInput { candidate, postings: checked, options }))
     }
 }
+
+/// How a `?wait=` is written, for the document: a number and a unit, one or
+/// more (`2s`, `500ms`, `1m 30s`); what `parse_wait` reads is wider.
+const WAIT_PATTERN: &str = "^([0-9]{1,9} ?(ns|us|ms|s|m|h) ?){1,4}$";
+/// A matcher reference: a name, or a name pinned to a digest.
+const MATCHER_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,63}(@sha256:[0-9a-f]{64})?$";
+/// Not empty once trimmed: an id or a name must hold something.
+const NOT_BLANK: &str = "\\S";
+
+/// States in the OpenAPI document the rules [`MatchRequest::into_job`] and
+/// the routes enforce, from the same constants and the host's caps, so that
+/// generated clients and document-driven fuzzers send what the API accepts:
+/// string lengths, list lengths, numeric ranges, task ids as UUIDs, the
+/// `?wait=` syntax, the upload's size cap. The two rules JSON Schema cannot
+/// state (posting ids unique within a job; `salary_min` at most
+/// `salary_max`) are in the fields' descriptions.
+pub fn state_rules(
+    doc: &mut serde_json::Value,
+    max_postings: usize,
+    max_wait: std::time::Duration,
+    max_component_size: usize,
+) {
+    use serde_json::json;
+    let id = json!({"minLength": 1, "maxLength": MAX_ID_BYTES, "pattern": NOT_BLANK});
+    let name = json!({"minLength": 1, "maxLength": MAX_NAME_BYTES, "pattern": NOT_BLANK});
+    let short = json!({"maxLength": MAX_NAME_BYTES});
+    let text = json!({"maxLength": MAX_TEXT_BYTES});
+    let range = |lo: f64, hi: f64| json!({"minimum": lo, "maximum": hi});
+    let salary = json!({"minimum": 0, "maximum": u32::MAX});
+    let skills = json!({"maxItems": MAX_LIST_ITEMS, "items": {"maxLength": MAX_NAME_BYTES}});
+    let schemas = &mut doc["components"]["schemas"];
+    let rules = [
+        (
+            "MatchRequest",
+            "matcher",
+            json!({"maxLength": MAX_ID_BYTES, "pattern": MATCHER_PATTERN, "examples": ["skills", "text"]}),
+        ),
+        (
+            "MatchRequest",
+            "postings",
+            json!({
+                "minItems": 1,
+                "maxItems": max_postings,
+                "description": "The postings to rank, each with an id of its own: two postings with one id are refused (422).",
+            }),
+        ),
+        ("CandidateIn", "id", id.clone()),
+        ("CandidateIn", "skills", json!({"maxItems": MAX_LIST_ITEMS})),
+        ("CandidateIn", "years_experience", range(0.0, 100.0)),
+        ("CandidateIn", "location", short.clone()),
+        ("CandidateIn", "desired_salary", salary.clone()),
+        ("CandidateIn", "summary", text.clone()),
+        ("SkillIn", "name", name),
+        ("SkillIn", "weight", range(0.0, 1.0)),
+        ("PostingIn", "id", id),
+        ("PostingIn", "title", short.clone()),
+        ("PostingIn", "description", text),
+        ("PostingIn", "required_skills", skills.clone()),
+        ("PostingIn", "preferred_skills", skills),
+        ("PostingIn", "min_years", range(0.0, 100.0)),
+        ("PostingIn", "location", short),
+        (
+            "PostingIn",
+            "salary_min",
+            json!({"minimum": 0, "maximum": u32::MAX, "description": "At most salary_max, when both are given."}),
+        ),
+        ("PostingIn", "salary_max", salary),
+        ("OptionsIn", "top_k", json!({"minimum": 1, "maximum": MAX_TOP_K})),
+        ("OptionsIn", "min_score", range(0.0, 1.0)),
+    ];
+    for (schema, field, rule) in rules {
+        // A field renamed without its rule here fails every test.
+        debug_assert!(schemas[schema]["properties"][field].is_object(), "no field {schema}.{field} in the document");
+        merge(&mut schemas[schema]["properties"][field], rule);
+    }
+
+    // Examples a client may send here: none over this host's cap.
+    let examples: Vec<String> = [500, 2_000, 30_000]
+        .into_iter()
+        .map(std::time::Duration::from_millis)
+        .filter(|d| *d <= max_wait)
+        .chain([max_wait])
+        .map(|d| humantime::format_duration(d).to_string())
+        .collect();
+    let wait = json!({
+        "pattern": WAIT_PATTERN,
+        "examples": examples,
+        "description": format!("A duration: a number and a unit (ms, s, m, h), at most {} on this host.", humantime::format_duration(max_wait)),
+    });
+    let task_id = json!({"format": "uuid"});
+    for (path, method, param, rule) in [
+        ("/jobs/match", "post", "wait", &wait),
+        ("/tasks/{id}", "get", "wait", &wait),
+        ("/tasks/{id}", "get", "id", &task_id),
+        ("/tasks/{id}", "delete", "id", &task_id),
+    ] {
+        let parameters = doc["paths"][path][method]["parameters"].as_array_mut().into_iter().flatten();
+        for parameter in parameters.filter(|p| p["name"] == param) {
+            merge(&mut parameter["schema"], rule.clone());
+        }
+    }
+    for method in ["get", "put", "delete"] {
+        let parameters = doc["paths"]["/matchers/{name}"][method]["parameters"].as_array_mut().into_iter().flatten();
+        for parameter in parameters.filter(|p| p["name"] == "name") {
+            let rule =
+                json!({"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$", "maxLength": crate::support::names::MAX_NAME_LEN});
+            merge(&mut parameter["schema"], rule);
+        }
+    }
+    let upload = &mut doc["paths"]["/matchers/{name}"]["put"]["requestBody"];
+    merge(
+        &mut upload["content"]["application/wasm"]["schema"],
+        json!({"maxLength": max_component_size, "description": format!("The component's bytes, at most {max_component_size} (--max-component-size).")}),
+    );
+}
+
+/// Adds `rule`'s keys to the schema `target` (an object, or `null` where a
+/// schema is missing), into the schemas it holds (`items`) key by key; a
+/// description is appended to one already there.
+fn merge(target: &mut serde_json::Value, rule: serde_json::Value) {
+    let serde_json::Value::Object(rule) = rule else { return };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(Default::default());
+    }
+    let target = target.as_object_mut().expect("made an object");
+    for (key, value) in rule {
+        match (key.as_str(), target.get_mut(&key)) {
+            ("description", Some(serde_json::Value::String(old))) => {
+                *old = format!("{old} {}", value.as_str().unwrap_or_default());
+            }
+            (_, Some(held @ serde_json::Value::Object(_))) if value.is_object() => merge(held, value),
+            _ => {
+                target.insert(key, value);
+            }
+        }
+    }
+}

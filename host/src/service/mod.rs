@@ -69,6 +69,8 @@ pub struct HttpLimits {
     pub max_wait: Duration,
     /// Largest uploaded component.
     pub max_component_size: usize,
+    /// Most postings in one job (a tenant's quota may be lower).
+    pub max_postings: usize,
     /// From a connection's opening (or its last response) to the end of
     /// the next request's headers.
     pub header_timeout: Duration,
