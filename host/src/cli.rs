@@ -170,20 +170,110 @@ pub async fn submit(conn: Connection, args: SubmitArgs) -> Result<(), Failure> {
     show_task(&task, json_out)
 }
 
-/// Waits until the task ends, by long polls of `GET /tasks/{id}?wait=`,
-/// with a spinner on a terminal that turns while a poll is held. The
-/// spinner's line is cleared before anything else is printed.
-async fn wait_for(client: &Client, id: &str) -> Result<Value, Failure> {
+/// A spinner on standard error, when it is a terminal: it turns while the
+/// command waits, and its line is cleared before anything else is printed.
+struct Spinner {
+    on: bool,
+    frame: usize,
+}
+
+impl Spinner {
     const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
-    let spin = std::io::stderr().is_terminal();
-    let clear = || {
-        if spin {
+
+    fn new() -> Self {
+        Spinner { on: std::io::stderr().is_terminal(), frame: 0 }
+    }
+
+    fn turn(&mut self, id: &str, status: &str) {
+        if self.on {
+            eprint!("\r{} task {id} {status}", Self::FRAMES[self.frame % Self::FRAMES.len()]);
+            let _ = std::io::stderr().flush();
+            self.frame += 1;
+        }
+    }
+
+    fn clear(&self) {
+        if self.on {
             eprint!("\r\x1b[2K");
             let _ = std::io::stderr().flush();
         }
-    };
+    }
+}
+
+/// Waits until the task ends: on its event stream (`GET
+/// /tasks/{id}/events`), which the server pushes the end on; from a server
+/// without one, or if the stream breaks, by long polls.
+async fn wait_for(client: &Client, id: &str) -> Result<Value, Failure> {
+    if let Some(task) = follow_events(client, id).await? {
+        return Ok(task);
+    }
+    long_poll(client, id).await
+}
+
+/// Follows the task's event stream until its end: `Some(task)`; `None` if
+/// the server has no such stream or it broke before the end.
+async fn follow_events(client: &Client, id: &str) -> Result<Option<Value>, Failure> {
+    let mut spinner = Spinner::new();
+    let mut request = client.http.get(client.url(&format!("/tasks/{id}/events"))).header("accept", "text/event-stream");
+    if let Some(key) = &client.conn.api_key {
+        request = request.bearer_auth(key);
+    }
+    let Ok(mut response) = request.send().await else { return Ok(None) };
+    match response.status().as_u16() {
+        200 => {}
+        404 | 410 => {
+            // The task's own 404 and 410 are the long poll's to tell; a
+            // server without the route is one to long-poll.
+            return Ok(None);
+        }
+        _ => return Ok(None),
+    }
+    let (mut buffer, mut status) = (String::new(), String::from("pending"));
+    loop {
+        spinner.turn(id, &status);
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let Ok(Some(chunk)) = chunk else {
+            spinner.clear();
+            return Ok(None);
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut data) = (String::new(), String::new());
+            for line in block.lines() {
+                if let Some(name) = line.strip_prefix("event:") {
+                    event = name.trim().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+            match event.as_str() {
+                "completed" | "failed" | "cancelled" => {
+                    spinner.clear();
+                    return Ok(serde_json::from_str(&data).ok());
+                }
+                "gone" => {
+                    spinner.clear();
+                    let body: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    let message = body["error"]["message"].as_str().unwrap_or("the task is gone").to_string();
+                    return Err(failure(exit::TASK_FAILED, format!("{message} before it ended")));
+                }
+                "" => {}
+                other => status = other.to_string(),
+            }
+        }
+    }
+}
+
+/// Waits until the task ends, by long polls of `GET /tasks/{id}?wait=`,
+/// with a spinner on a terminal that turns while a poll is held. The
+/// spinner's line is cleared before anything else is printed.
+async fn long_poll(client: &Client, id: &str) -> Result<Value, Failure> {
+    let mut spinner = Spinner::new();
     let mut status = String::from("pending");
-    let mut frame = 0;
     // A server whose `--max-wait` is below the slice refuses the long poll
     // (400): then plain reads, a tenth of a second apart.
     let mut long_poll = true;
@@ -192,11 +282,7 @@ async fn wait_for(client: &Client, id: &str) -> Result<Value, Failure> {
         let poll = client.send(client.http.get(client.url(&path)));
         tokio::pin!(poll);
         let answer = loop {
-            if spin {
-                eprint!("\r{} task {id} {status}", FRAMES[frame % FRAMES.len()]);
-                let _ = std::io::stderr().flush();
-                frame += 1;
-            }
+            spinner.turn(id, &status);
             tokio::select! {
                 answer = &mut poll => break answer,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -209,21 +295,21 @@ async fn wait_for(client: &Client, id: &str) -> Result<Value, Failure> {
                 continue;
             }
             Err(Failure { status: Some(404), .. }) => {
-                clear();
+                spinner.clear();
                 return Err(failure(exit::TASK_FAILED, format!("the task {id} was deleted before it ended")));
             }
             Err(Failure { status: Some(410), .. }) => {
-                clear();
+                spinner.clear();
                 return Err(failure(exit::TASK_FAILED, format!("the task {id} expired before it ended")));
             }
             Err(other) => {
-                clear();
+                spinner.clear();
                 return Err(other);
             }
         };
         status = task["status"].as_str().unwrap_or_default().to_string();
         if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
-            clear();
+            spinner.clear();
             return Ok(task);
         }
         if !long_poll {

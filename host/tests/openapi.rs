@@ -83,10 +83,11 @@ async fn every_documented_operation_is_served_and_nothing_else() {
             }
         }
     }
-    assert_eq!(operations, 13);
+    assert_eq!(operations, 14);
     for expected in [
         "/jobs/match",
         "/tasks/{id}",
+        "/tasks/{id}/events",
         "/matchers",
         "/matchers/{name}",
         "/healthz",
@@ -186,6 +187,12 @@ async fn real_responses_validate_against_the_document() {
     calls.push(("post", "/jobs/match", done));
     calls.push(("post", "/jobs/match", failed));
     calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}"), None).await));
+    let stream = send(&app, "get", &format!("/tasks/{id}/events"), None).await;
+    assert_eq!(stream.headers[header::CONTENT_TYPE], "text/event-stream");
+    assert!(stream.body.as_str().unwrap().contains("event: failed\nid: 3\n"), "{}", stream.body);
+    calls.push(("get", "/tasks/{id}/events", stream));
+    let unknown = format!("/tasks/{}/events", uuid::Uuid::now_v7());
+    calls.push(("get", "/tasks/{id}/events", send(&app, "get", &unknown, None).await));
     calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}?wait=5s"), None).await));
     calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}?wait=soon"), None).await));
     let busy = send(&app, "post", "/jobs/match", json_body(with_matcher(job("loop", 1), "mine"))).await;
@@ -272,6 +279,8 @@ async fn real_responses_validate_against_the_document() {
         "get /tasks/{id} 400",
         "get /tasks/{id} 404",
         "get /tasks/{id} 410",
+        "get /tasks/{id}/events 200",
+        "get /tasks/{id}/events 404",
         "delete /tasks/{id} 204",
         "put /matchers/{name} 201",
         "put /matchers/{name} 200",

@@ -87,3 +87,53 @@ pub async fn task_status(client: &reqwest::Client, host: &Host, id: &str, key: O
     let (status, task) = get(client, host.url(&format!("/tasks/{id}")), key).await;
     (status == 200).then(|| task["status"].as_str().unwrap().to_string())
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: String,
+}
+
+/// Reads the event stream at `url` (sending `Last-Event-ID: last`, if
+/// given) until the server ends it: its events, and how many comments
+/// (heartbeats) came with them. Fails if it does not end within [`BOUND`].
+pub async fn events(client: &reqwest::Client, url: String, last: Option<&str>) -> (Vec<SseEvent>, usize) {
+    let mut request = client.get(url).header("accept", "text/event-stream");
+    if let Some(last) = last {
+        request = request.header("last-event-id", last);
+    }
+    let mut response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let read = async {
+        let mut text = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    };
+    let text = tokio::time::timeout(BOUND, read).await.expect("the event stream did not end");
+    let (mut events, mut comments) = (Vec::new(), 0);
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut event = SseEvent::default();
+        for line in block.lines() {
+            if line.starts_with(':') {
+                comments += 1;
+            } else if let Some((field, value)) = line.split_once(':') {
+                let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                match field {
+                    "event" => event.event = value,
+                    "id" => event.id = value,
+                    "data" => event.data.push_str(&value),
+                    _ => {}
+                }
+            }
+        }
+        if !event.event.is_empty() || !event.data.is_empty() {
+            events.push(event);
+        }
+    }
+    (events, comments)
+}

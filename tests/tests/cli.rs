@@ -227,3 +227,20 @@ async fn a_task_deleted_while_waited_for_exits_1() {
     assert_eq!(status.code(), Some(1), "{rest}");
     assert!(rest.contains(&format!("the task {id} was deleted before it ended")), "{rest}");
 }
+
+/// `submit --wait` follows the task's event stream: the host is asked for
+/// `/tasks/{id}/events`, and never long-polled.
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_wait_follows_the_tasks_event_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("host.log");
+    let host = Host::start_logged(&[], &[("RUST_LOG", "tower_http=debug")], Some(&log)).await.unwrap();
+    let server = format!("http://{}", host.addr);
+    let (candidate, postings) = (examples("candidate.json"), examples("postings.json"));
+    let out = run(&server, &["submit", "--candidate", &candidate, "--postings", &postings, "--wait", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["status"], "completed");
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(requests.contains("/events"), "the event stream was not asked for:\n{requests}");
+    assert!(!requests.contains("?wait="), "a long poll was made:\n{requests}");
+}

@@ -88,7 +88,24 @@ on_every_store!(
     counts_match_a_scan_of_the_keys,
     matchers_and_long_polls_are_the_deployments,
     one_idempotency_key_makes_one_task_across_hosts,
+    an_event_stream_on_any_host_sees_the_end,
 );
+
+/// A task's event stream read on the host that did not accept its job
+/// (and may not run it) ends with the task, wherever it ended.
+async fn an_event_stream_on_any_host_sees_the_end(d: Deployment) {
+    let hosts = [d.host(&[]).await, d.host(&[]).await];
+    let client = reqwest::Client::new();
+    upload_misbehave(&client, &hosts[0], "misbehave", None).await;
+    let (status, accepted) = post(&client, hosts[0].url("/jobs/match"), None, &job("misbehave", "busy-800")).await;
+    assert_eq!(status, 202);
+    let id = accepted["task_id"].as_str().unwrap();
+    let (seen, _) = matchbox_tests::http::events(&client, hosts[1].url(&format!("/tasks/{id}/events")), None).await;
+    let end = seen.last().unwrap();
+    assert_eq!((end.event.as_str(), end.id.as_str()), ("completed", "3"), "{seen:?}");
+    let task: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(task["result"]["rankings"][0]["reasons"][0], "honest answer");
+}
 
 /// Submissions with one `Idempotency-Key`, sent at once to both hosts,
 /// make one task and one job: every answer names it, one run is counted,

@@ -2,6 +2,7 @@
 //! rejections leave through [`ApiError`] like every other error.
 
 mod error;
+mod events;
 mod serve;
 mod status;
 pub mod types;
@@ -90,6 +91,7 @@ fn routes(max_component_size: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(submit))
         .routes(routes!(get_task, delete_task))
+        .routes(routes!(events::task_events))
         .routes(routes!(list_matchers))
         .routes((schemas, paths, matcher.layer(DefaultBodyLimit::max(max_component_size))))
         .routes(routes!(healthz))

@@ -186,7 +186,7 @@ async fn run_one(mut job: Job, w: &Worker) {
     // (the read and the take-over do it in one script with the claim).
     let started = if claim.is_some() { Ok(true) } else { store.start(&job.tenant, id).await };
     match started {
-        Ok(true) => {}
+        Ok(true) => w.tracker.mark_started(id),
         Ok(false) => return done_without_outcome(claim).await,
         Err(err) => {
             // Left for another host (a shared job) or for the store to

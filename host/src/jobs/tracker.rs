@@ -32,14 +32,20 @@ struct Tracked {
     tenant: LaneId,
     cancel: CancellationToken,
     done: CancellationToken,
+    /// Fired when a worker has marked the task running (for event streams).
+    started: CancellationToken,
 }
 
 impl JobTracker {
     /// Starts tracking `tenant`'s job; returns its cancel token and its done
     /// signal.
     pub fn track(&self, tenant: &LaneId, id: TaskId) -> (CancellationToken, CancellationToken) {
-        let tracked =
-            Tracked { tenant: tenant.clone(), cancel: CancellationToken::new(), done: CancellationToken::new() };
+        let tracked = Tracked {
+            tenant: tenant.clone(),
+            cancel: CancellationToken::new(),
+            done: CancellationToken::new(),
+            started: CancellationToken::new(),
+        };
         let tokens = (tracked.cancel.clone(), tracked.done.clone());
         self.jobs.lock().unwrap().insert(id, tracked);
         tokens
@@ -67,6 +73,19 @@ impl JobTracker {
     /// such job is in flight here.
     pub fn done(&self, id: TaskId) -> Option<CancellationToken> {
         self.jobs.lock().unwrap().get(&id).map(|t| t.done.clone())
+    }
+
+    /// Fires once a worker has marked the job's task running; `None` if no
+    /// such job is in flight here.
+    pub fn started(&self, id: TaskId) -> Option<CancellationToken> {
+        self.jobs.lock().unwrap().get(&id).map(|t| t.started.clone())
+    }
+
+    /// Says that the job's task is running now.
+    pub fn mark_started(&self, id: TaskId) {
+        if let Some(t) = self.jobs.lock().unwrap().get(&id) {
+            t.started.cancel();
+        }
     }
 
     /// Forgets a job that ended, waking anyone waiting on it.

@@ -34,6 +34,10 @@ use crate::tasks::{
 use crate::tenants::{AuthError, HostLimits, Tenant, Tenants};
 use intake::JobIntake;
 
+/// How often an event stream reads a pending task whose start this host
+/// is not told of (a job of the deployment another host may take).
+pub const START_SAMPLE: Duration = Duration::from_millis(500);
+
 /// What the service is built from; `matchbox serve`'s flags map onto it.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -308,6 +312,31 @@ impl Matchbox {
                 }
                 task
             }
+        }
+    }
+
+    /// `tenant`'s task once its status is no longer `from`, or as it is
+    /// after `timeout`: what an event stream waits on. An end is signalled
+    /// wherever it happens; a start is signalled for a job that runs here,
+    /// and read every [`START_SAMPLE`] for one another host may run.
+    pub async fn next_change(
+        &self,
+        tenant: &Tenant,
+        id: TaskId,
+        from: crate::tasks::TaskStatus,
+        timeout: Duration,
+    ) -> Result<Task, LookupError> {
+        if from != crate::tasks::TaskStatus::Pending {
+            return self.poll(tenant, id, timeout).await;
+        }
+        match self.jobs.tracker().started(id) {
+            Some(started) => {
+                tokio::select! {
+                    _ = started.cancelled() => self.task(tenant, id).await,
+                    task = self.poll(tenant, id, timeout) => task,
+                }
+            }
+            None => self.poll(tenant, id, timeout.min(START_SAMPLE)).await,
         }
     }
 
