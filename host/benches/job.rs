@@ -9,6 +9,12 @@
 //!   called directly (the input converted from the host's types and the
 //!   answer back, as the host would have to) against the same job in wasm.
 //! - `job`: every built-in matcher on 10 and 1,000 postings.
+//! - `growth`: how a job's time grows: `skills` on 10 to 10,000 postings,
+//!   and on 100 postings whose descriptions grow from nothing to 64 KiB
+//!   (`text` reads them; `skills` does not).
+//! - `workers`: 64 jobs of `skills` on 10 postings, one at a time and two
+//!   at a time on the guest runtime's two threads: what a second worker
+//!   adds on this machine's cores.
 //!
 //! Run with `cargo bench -p matchbox --bench job`; the figures and their
 //! ratios go into `bench/RESULTS.md`.
@@ -175,5 +181,69 @@ fn per_job(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, overhead, compute, per_job);
+fn growth(c: &mut Criterion) {
+    let f = fixture();
+    let mut group = c.benchmark_group("growth");
+    group.sample_size(20);
+    for n in [10, 100, 1000, 10_000] {
+        let input = sample_input(n);
+        group.throughput(criterion::Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("skills-postings", n), &input, |b, input| {
+            b.to_async(&f.rt).iter(|| f.job("skills", input))
+        });
+    }
+    for bytes in [0, 1 << 10, 16 << 10, 64 << 10] {
+        let mut input = sample_input(100);
+        for (i, posting) in input.postings.iter_mut().enumerate() {
+            let words = format!("posting {i} rust kubernetes on-call code review mentoring ");
+            posting.description = words.repeat(bytes / words.len() + 1)[..bytes].to_string();
+        }
+        group.throughput(criterion::Throughput::Bytes((bytes * 100) as u64));
+        for matcher in ["skills", "text"] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("{matcher}-100-description-bytes"), bytes),
+                &input,
+                |b, input| b.to_async(&f.rt).iter(|| f.job(matcher, input)),
+            );
+        }
+    }
+    group.finish();
+}
+
+fn workers(c: &mut Criterion) {
+    const JOBS: usize = 64;
+    let f = fixture();
+    let input = Arc::new(sample_input(10));
+    let matcher = f.registry.get("skills").unwrap();
+    let mut group = c.benchmark_group("workers");
+    group.sample_size(20);
+    group.throughput(criterion::Throughput::Elements(JOBS as u64));
+    for workers in [1, 2] {
+        group.bench_function(BenchmarkId::new("skills-10-jobs-64", workers), |b| {
+            b.to_async(&f.rt).iter(|| async {
+                // As the host's workers do: each runs its jobs one after
+                // another on the guest runtime (two threads).
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let (sandbox, matcher, input, limits) =
+                            (f.sandbox.clone(), matcher.clone(), input.clone(), f.limits.clone());
+                        f.sandbox.on_guests(async move {
+                            for _ in (w..JOBS).step_by(workers) {
+                                let report =
+                                    sandbox.rank(&matcher.pre, &input, &limits, CancellationToken::new()).await;
+                                assert!(report.outcome.is_ok());
+                            }
+                        })
+                    })
+                    .collect();
+                for handle in handles {
+                    handle.await.unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, overhead, compute, per_job, growth, workers);
 criterion_main!(benches);

@@ -116,8 +116,13 @@ end
 const INSERT_FN: &str = r"
 local function insert(idem, claim)
   if idem ~= '' then
+    -- The claim names its task; a claim whose task has just expired (the
+    -- two TTLs lapse within a millisecond of each other) is not a retry.
     local prior = redis.call('GET', idem)
-    if prior then return prior end
+    if prior then
+      local prior_task = string.sub(KEYS[1], 1, -37) .. string.sub(prior, 1, 36)
+      if redis.call('EXISTS', prior_task) == 1 then return prior end
+    end
   end
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
   local t = now()
