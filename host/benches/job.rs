@@ -12,9 +12,9 @@
 //! - `growth`: how a job's time grows: `skills` on 10 to 10,000 postings,
 //!   and on 100 postings whose descriptions grow from nothing to 64 KiB
 //!   (`text` reads them; `skills` does not).
-//! - `workers`: 64 jobs of `skills` on 10 postings, one at a time and two
-//!   at a time on the guest runtime's two threads: what a second worker
-//!   adds on this machine's cores.
+//! - `workers`: 64 jobs of `skills` on 10 and on 1,000 postings, one at a
+//!   time and two at a time on the guest runtime's two threads: what a
+//!   second worker adds on this machine's cores.
 //!
 //! Run with `cargo bench -p matchbox --bench job`; the figures and their
 //! ratios go into `bench/RESULTS.md`.
@@ -213,13 +213,13 @@ fn growth(c: &mut Criterion) {
 fn workers(c: &mut Criterion) {
     const JOBS: usize = 64;
     let f = fixture();
-    let input = Arc::new(sample_input(10));
     let matcher = f.registry.get("skills").unwrap();
     let mut group = c.benchmark_group("workers");
     group.sample_size(20);
     group.throughput(criterion::Throughput::Elements(JOBS as u64));
-    for workers in [1, 2] {
-        group.bench_function(BenchmarkId::new("skills-10-jobs-64", workers), |b| {
+    for (postings, workers) in [(10, 1), (10, 2), (1000, 1), (1000, 2)] {
+        let input = Arc::new(sample_input(postings));
+        group.bench_function(BenchmarkId::new(format!("skills-{postings}-jobs-64"), workers), |b| {
             b.to_async(&f.rt).iter(|| async {
                 // As the host's workers do: each runs its jobs one after
                 // another on the guest runtime (two threads).
