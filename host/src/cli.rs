@@ -256,10 +256,11 @@ async fn follow_events(client: &Client, id: &str) -> Result<Option<Value>, Failu
                     return Ok(serde_json::from_str(&data).ok());
                 }
                 "gone" => {
+                    // Said as the long poll says it: deleted, or expired.
                     spinner.clear();
                     let body: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    let message = body["error"]["message"].as_str().unwrap_or("the task is gone").to_string();
-                    return Err(failure(exit::TASK_FAILED, format!("{message} before it ended")));
+                    let how = if body["error"]["code"] == "task_expired" { "expired" } else { "was deleted" };
+                    return Err(failure(exit::TASK_FAILED, format!("the task {id} {how} before it ended")));
                 }
                 "" => {}
                 other => status = other.to_string(),
