@@ -96,44 +96,70 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// Reads the event stream at `url` (sending `Last-Event-ID: last`, if
-/// given) until the server ends it: its events, and how many comments
-/// (heartbeats) came with them. Fails if it does not end within [`BOUND`].
-pub async fn events(client: &reqwest::Client, url: String, last: Option<&str>) -> (Vec<SseEvent>, usize) {
-    let mut request = client.get(url).header("accept", "text/event-stream");
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    let mut response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let read = async {
-        let mut text = String::new();
-        while let Some(chunk) = response.chunk().await.unwrap() {
-            text.push_str(&String::from_utf8_lossy(&chunk));
+/// An open event stream, read event by event.
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: String,
+    /// Comments (heartbeats) read so far.
+    pub comments: usize,
+}
+
+impl EventStream {
+    /// Opens the event stream at `url`, sending `Last-Event-ID: last` if
+    /// given; fails unless the server answers a stream.
+    pub async fn open(client: &reqwest::Client, url: String, last: Option<&str>) -> EventStream {
+        let mut request = client.get(url).header("accept", "text/event-stream");
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
         }
-        text
-    };
-    let text = tokio::time::timeout(BOUND, read).await.expect("the event stream did not end");
-    let (mut events, mut comments) = (Vec::new(), 0);
-    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let mut event = SseEvent::default();
-        for line in block.lines() {
-            if line.starts_with(':') {
-                comments += 1;
-            } else if let Some((field, value)) = line.split_once(':') {
-                let value = value.strip_prefix(' ').unwrap_or(value).to_string();
-                match field {
-                    "event" => event.event = value,
-                    "id" => event.id = value,
-                    "data" => event.data.push_str(&value),
-                    _ => {}
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        EventStream { response, buffer: String::new(), comments: 0 }
+    }
+
+    /// The next event, or `None` once the server has ended the stream.
+    /// Fails if neither comes within [`BOUND`].
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        tokio::time::timeout(BOUND, self.read()).await.expect("the event stream went quiet")
+    }
+
+    async fn read(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                    } else if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+                        match field {
+                            "event" => event.event = value,
+                            "id" => event.id = value,
+                            "data" => event.data.push_str(&value),
+                            _ => {}
+                        }
+                    }
+                }
+                if !event.event.is_empty() || !event.data.is_empty() {
+                    return Some(event);
                 }
             }
-        }
-        if !event.event.is_empty() || !event.data.is_empty() {
-            events.push(event);
+            let chunk = self.response.chunk().await.unwrap()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
-    (events, comments)
+}
+
+/// Reads the event stream at `url` (sending `Last-Event-ID: last`, if
+/// given) until the server ends it: its events, and how many comments
+/// (heartbeats) came with them.
+pub async fn events(client: &reqwest::Client, url: String, last: Option<&str>) -> (Vec<SseEvent>, usize) {
+    let mut stream = EventStream::open(client, url, last).await;
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event);
+    }
+    (events, stream.comments)
 }

@@ -4,7 +4,7 @@
 //! nothing, a deleted task says so, and an idle stream hears a heartbeat.
 
 use matchbox_tests::Host;
-use matchbox_tests::http::{SseEvent, events, eventually, job, post, task_status, upload_misbehave};
+use matchbox_tests::http::{EventStream, SseEvent, events, eventually, job, post, task_status, upload_misbehave};
 use serde_json::Value;
 
 async fn host_with_misbehave() -> (Host, reqwest::Client) {
@@ -18,6 +18,12 @@ async fn submit(client: &reqwest::Client, host: &Host, behaviour: &str) -> Strin
     let (status, accepted) = post(client, host.url("/jobs/match"), None, &job("misbehave", behaviour)).await;
     assert_eq!(status, 202, "{accepted}");
     accepted["task_id"].as_str().unwrap().to_string()
+}
+
+/// Waits until `host` runs the job of task `id`.
+async fn running(client: &reqwest::Client, host: &Host, id: &str) {
+    eventually("the job to start", async || task_status(client, host, id, None).await.as_deref() == Some("running"))
+        .await;
 }
 
 fn names(events: &[SseEvent]) -> Vec<(&str, &str)> {
@@ -50,8 +56,7 @@ async fn every_change_is_pushed_and_the_end_carries_the_task() {
 async fn a_reconnecting_client_gets_what_came_after_and_never_misses_the_end() {
     let (host, client) = host_with_misbehave().await;
     let id = submit(&client, &host, "busy-1500").await;
-    eventually("the job to start", async || task_status(&client, &host, &id, None).await.as_deref() == Some("running"))
-        .await;
+    running(&client, &host, &id).await;
     let url = host.url(&format!("/tasks/{id}/events"));
     let (from_start, from_running) =
         tokio::join!(events(&client, url.clone(), Some("1")), events(&client, url, Some("2")));
@@ -63,16 +68,16 @@ async fn a_reconnecting_client_gets_what_came_after_and_never_misses_the_end() {
 async fn a_task_deleted_while_watched_ends_its_stream_with_gone() {
     let (host, client) = host_with_misbehave().await;
     let id = submit(&client, &host, "busy-60000").await;
-    eventually("the job to start", async || task_status(&client, &host, &id, None).await.as_deref() == Some("running"))
-        .await;
-    let (watcher, url) = (client.clone(), host.url(&format!("/tasks/{id}/events")));
-    let watch = tokio::spawn(async move { events(&watcher, url, None).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    running(&client, &host, &id).await;
+    let mut stream = EventStream::open(&client, host.url(&format!("/tasks/{id}/events")), None).await;
+    let first = stream.next().await.unwrap();
+    assert_eq!((first.event.as_str(), first.id.as_str()), ("running", "2"));
+    // The stream is open and following: now the task goes.
     let deleted = client.delete(host.url(&format!("/tasks/{id}"))).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
-    let (seen, _) = watch.await.unwrap();
-    let last = seen.last().unwrap();
-    assert_eq!(last.event, "gone", "{seen:?}");
+    let last = stream.next().await.unwrap();
+    assert_eq!(last.event, "gone", "{last:?}");
+    assert_eq!(stream.next().await, None, "the stream ends after `gone`");
     let body: Value = serde_json::from_str(&last.data).unwrap();
     assert_eq!(body["error"]["code"], "task_not_found", "{body}");
 
