@@ -219,14 +219,10 @@ async fn follow_events(client: &Client, id: &str) -> Result<Option<Value>, Failu
         request = request.bearer_auth(key);
     }
     let Ok(mut response) = request.send().await else { return Ok(None) };
-    match response.status().as_u16() {
-        200 => {}
-        404 | 410 => {
-            // The task's own 404 and 410 are the long poll's to tell; a
-            // server without the route is one to long-poll.
-            return Ok(None);
-        }
-        _ => return Ok(None),
+    if response.status() != reqwest::StatusCode::OK {
+        // The task's own 404 and 410 are the long poll's to tell, and a
+        // server without the route is one to long-poll.
+        return Ok(None);
     }
     let (mut buffer, mut status) = (String::new(), String::from("pending"));
     loop {

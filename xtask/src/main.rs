@@ -144,12 +144,8 @@ impl Packages {
     }
 }
 
-/// Where the tests find the matcher toolchains.
-struct Tools {
-    dir: PathBuf,
-}
-
-fn setup() -> Outcome<Tools> {
+/// Sets the machine up; returns where the tests find the matcher toolchains.
+fn setup() -> Outcome<PathBuf> {
     step("the guests' target");
     guest_target()?;
 
@@ -168,8 +164,8 @@ fn setup() -> Outcome<Tools> {
         packages.need("nodejs");
         packages.need("npm");
     }
-    let tools = Tools { dir: tools_dir() };
-    let venv = tools.dir.join("python");
+    let tools = tools_dir();
+    let venv = tools.join("python");
     if on_path("python3") && !venv.join("bin").join("pip").exists() && !can_make_venv() {
         packages.need("python3-venv");
     }
@@ -183,7 +179,7 @@ fn setup() -> Outcome<Tools> {
     python_tools(&venv)?;
 
     step(&format!("the JavaScript example's toolchain ({}@{})", COMPONENTIZE_JS.0, COMPONENTIZE_JS.1));
-    js_tools(&tools.dir.join("js"))?;
+    js_tools(&tools.join("js"))?;
     Ok(tools)
 }
 
@@ -284,12 +280,12 @@ fn js_tools(prefix: &Path) -> Outcome<()> {
         .arg(format!("{package}@{version}")))
 }
 
-fn test(tools: &Tools, args: &[String]) -> Outcome<()> {
+fn test(tools: &Path, args: &[String]) -> Outcome<()> {
     step("cargo test --workspace");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
         .current_dir(workspace())
         .args(["test", "--workspace"])
         .args(args)
-        .env("MATCHBOX_TOOLS", &tools.dir))
+        .env("MATCHBOX_TOOLS", tools))
 }
