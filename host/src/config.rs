@@ -18,6 +18,7 @@ use crate::service::{HttpLimits, Settings};
 use crate::support::units::{parse_count, parse_duration, parse_positive_duration, parse_positive_size};
 use crate::tasks::Backend;
 use crate::tenants::HostLimits;
+use crate::webhooks::{AllowRule, CallbackPolicy, Secret, WebhookConfig};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "matchbox serve", about = "Serve the matchbox HTTP API on its embedded defaults.")]
@@ -160,6 +161,33 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_SHARED_MATCHER_LOGS", value_parser = clap::builder::BoolishValueParser::new())]
     pub shared_matcher_logs: bool,
 
+    /// Where job callbacks may be sent, one rule per flag or comma-separated:
+    /// `public` (any public address), a CIDR or address (`10.1.0.0/16`), a
+    /// host name or `*.domain` (whatever it resolves to). Default `public`:
+    /// loopback, private, link-local and other non-public ranges are
+    /// refused. Once a rule is given, only what the rules name is allowed.
+    #[arg(long, env = "MATCHBOX_CALLBACK_ALLOW", value_delimiter = ',', value_name = "RULE")]
+    pub callback_allow: Vec<AllowRule>,
+
+    /// Attempts to deliver one end to its callback, the first included.
+    #[arg(long, env = "MATCHBOX_CALLBACK_ATTEMPTS", default_value = "8", value_parser = parse_attempts)]
+    pub callback_attempts: u32,
+
+    /// The wait before a callback's first retry; each next one doubles (with
+    /// jitter), up to 10 minutes, and never past the task's expiry.
+    #[arg(long, env = "MATCHBOX_CALLBACK_BACKOFF", default_value = "1s", value_parser = parse_positive_duration)]
+    pub callback_backoff: Duration,
+
+    /// How long one callback attempt may take, connecting included.
+    #[arg(long, env = "MATCHBOX_CALLBACK_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub callback_timeout: Duration,
+
+    /// Without a tenants file: the secret callbacks are signed with
+    /// (`whsec_…`, Standard Webhooks; `matchbox tenant add` prints one for
+    /// each tenant of a file). Without it, jobs cannot ask for a callback.
+    #[arg(long, env = "MATCHBOX_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
     /// Log format: `text` for people, `json` for log pipelines. Filter with
     /// `RUST_LOG` (default `info`).
     #[arg(long, env = "MATCHBOX_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -202,6 +230,13 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     resolved.next().ok_or_else(|| format!("'{s}' resolves to no address"))
 }
 
+fn parse_attempts(s: &str) -> Result<u32, String> {
+    match parse_deliveries(s)? {
+        0 => Err("at least 1 attempt".into()),
+        n => Ok(n),
+    }
+}
+
 fn parse_deliveries(s: &str) -> Result<u32, String> {
     let n = parse_count(s)?;
     u32::try_from(n).map_err(|_| format!("'{s}' is too large"))
@@ -235,6 +270,13 @@ impl From<Config> for Settings {
             },
             cluster: ClusterConfig { lease: config.lease, max_deliveries: config.max_deliveries },
             shared_matcher_logs: config.shared_matcher_logs,
+            webhooks: WebhookConfig {
+                policy: CallbackPolicy::new(config.callback_allow),
+                attempts: config.callback_attempts,
+                backoff: config.callback_backoff,
+                timeout: config.callback_timeout,
+            },
+            webhook_secret: config.webhook_secret,
             http: HttpLimits {
                 max_body: config.max_body,
                 max_wait: config.max_wait,

@@ -17,6 +17,8 @@
 //! - [`tasks`]: the [`tasks::TaskStore`] trait, the in-memory table with its
 //!   expiry index, the Redis store, and the conformance suite every store
 //!   passes;
+//! - [`webhooks`]: callbacks' destinations checked against the operator's
+//!   rules, ends signed (Standard Webhooks) and delivered with retries;
 //! - [`registry`]: the matchers this host can run (it defines
 //!   [`registry::MatcherShare`] for sharing uploads with other hosts);
 //! - [`tenants`]: API keys, quotas, and the tenants file;
@@ -47,6 +49,7 @@ pub mod service;
 pub mod support;
 pub mod tasks;
 pub mod tenants;
+pub mod webhooks;
 
 use std::future::Future;
 

@@ -100,11 +100,13 @@ fn main() -> anyhow::Result<()> {
     let (conn, command) = parse();
     let command = match command {
         Command::Tenant(TenantCommand::Add { name, config, quotas, limits }) => {
-            let key = matchbox::tenants::file::add(&config, &name, &quotas, &limits)?;
-            println!("{key}");
+            let added = matchbox::tenants::file::add(&config, &name, &quotas, &limits)?;
+            println!("{}", added.key);
+            println!("{}", added.webhook_secret);
             eprintln!(
-                "added tenant '{name}' to {}; the key above is shown only this once. \
-                 Restart matchbox serve to load it.",
+                "added tenant '{name}' to {}; the API key (first line) is shown only this once. The second line \
+                 is the secret its webhooks are signed with, for the tenant to check them (the file keeps it: \
+                 keep the file readable by the host only). Restart matchbox serve to load it.",
                 config.display()
             );
             return Ok(());

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["support"],
     &["runtime"],
     &["tasks"],
+    &["webhooks"],
     &["registry"],
     &["tenants"],
     &["metrics"],

@@ -33,7 +33,7 @@ async fn host(tenants: &[(&str, NewTenant)], configure: impl FnOnce(&mut Config)
         max_tasks: config.max_tasks,
         matchers_dir: config.matchers_dir.clone(),
     };
-    let keys = tenants.iter().map(|(name, quotas)| file::add(&path, name, quotas, &limits).unwrap()).collect();
+    let keys = tenants.iter().map(|(name, quotas)| file::add(&path, name, quotas, &limits).unwrap().key).collect();
     let app = Matchbox::new(config).await.unwrap();
     (Host { app, dir }, keys)
 }

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 
 pub mod http;
 pub mod load;
+pub mod webhooks;
 mod servers;
 
 pub use servers::{Connection, RedisCluster, RedisServer};

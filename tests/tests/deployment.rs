@@ -230,7 +230,7 @@ fn tenants_file(dir: &Path, tenants: &[(&str, NewTenant)]) -> (String, Vec<Strin
     let path = dir.join("matchbox.toml");
     let keys = tenants
         .iter()
-        .map(|(name, quotas)| file::add(&path, name, quotas, &file::HostFlags::default()).unwrap())
+        .map(|(name, quotas)| file::add(&path, name, quotas, &file::HostFlags::default()).unwrap().key)
         .collect();
     (path.to_str().unwrap().to_string(), keys)
 }

@@ -156,6 +156,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", err.to_string()).retry_after(5)
             }
+            SubmitError::CallbackRefused(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "callback_refused", err.to_string())
+            }
+            SubmitError::CallbackUnsigned => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "callback_unsigned", err.to_string())
+            }
             SubmitError::Store(err) => err.into(),
         }
     }

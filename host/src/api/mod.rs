@@ -28,7 +28,7 @@ use types::{Accepted, Caps, MatchRequest};
 
 use crate::metrics::View;
 use crate::registry::MatcherSummary;
-use crate::service::{Matchbox, Submitted};
+use crate::service::{CallbackRequest, Matchbox, Submission, Submitted};
 use crate::tasks::{IdempotencyKey, Task, TaskId};
 use crate::tenants::Tenant;
 
@@ -175,8 +175,10 @@ struct SubmitQuery {
         (status = 401, description = "No key or a wrong one", body = ErrorBody),
         (status = 413, description = "A body, list or string over its cap", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A missing or wrong field, an unknown matcher, a value out of range, or an \
-            Idempotency-Key sent before with another body", body = ErrorBody),
+        (status = 422, description = "A missing or wrong field, an unknown matcher, a value out of range, an \
+            Idempotency-Key sent before with another body, or a callback the host refuses (callback_refused: its \
+            destination is not allowed, the message names the rule; callback_unsigned: no signing secret)",
+            body = ErrorBody),
         (status = 429, description = "The queue or table is full, or the tenant is at its quota", body = ErrorBody),
         (status = 503, description = "Shutting down, or the task store cannot answer", body = ErrorBody),
     ))]
@@ -201,13 +203,17 @@ async fn submit(
     if !retry {
         app.may_accept(&tenant)?;
     }
-    let ApiJson(request) = ApiJson::<MatchRequest>::from_request(request, &app)
+    let ApiJson(mut request) = ApiJson::<MatchRequest>::from_request(request, &app)
         .await
         .map_err(|e| e.body_cap("--max-body", app.http_limits().max_body))?;
     let caps = Caps { max_postings: tenant.quotas.postings };
+    let callback = request.callback.take().map(CallbackRequest::from);
     let (matcher, input) = request.into_job(&caps)?;
-    let key = key.map(|key| IdempotencyKey { key, fingerprint: types::fingerprint(matcher.as_ref(), &input) });
-    let Submitted { task, replayed } = app.submit(&tenant, matcher, input, key).await?;
+    let key = key.map(|key| IdempotencyKey {
+        key,
+        fingerprint: types::fingerprint(matcher.as_ref(), &input, callback.as_ref()),
+    });
+    let Submitted { task, replayed } = app.submit(&tenant, Submission { matcher, input, key, callback }).await?;
     let location = HeaderValue::from_str(&format!("/tasks/{}", task.task_id)).expect("a uuid is a valid header");
     let headers = [
         (header::LOCATION, location),

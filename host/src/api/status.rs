@@ -33,6 +33,20 @@ pub struct StatusReport {
     matchers: Vec<MatcherSummary>,
     /// Whether the host is shutting down.
     draining: bool,
+    /// Completion webhooks: ends waiting to be delivered (or retried) and
+    /// deliveries given up on, among the tasks held (`null` while the task
+    /// store cannot answer), and what this host has sent.
+    webhooks: WebhookFigures,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct WebhookFigures {
+    pending: Option<u64>,
+    failed: Option<u64>,
+    /// Attempts this host made that were answered 2xx.
+    delivered_here: u64,
+    /// Attempts this host made that will be retried.
+    retried_here: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -51,6 +65,14 @@ pub async fn report(State(app): State<AppState>) -> Json<StatusReport> {
     let HostFigures { jobs_in_flight, queued, live_instances } = app.host_figures();
     let table = app.table_counts().await;
     let shared = app.shared_matchers();
+    let deliveries = app.callback_counts().await;
+    let stats = app.webhook_stats();
+    let webhooks = WebhookFigures {
+        pending: deliveries.map(|d| d.pending),
+        failed: deliveries.map(|d| d.failed),
+        delivered_here: stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
+        retried_here: stats.retried.load(std::sync::atomic::Ordering::Relaxed),
+    };
     Json(StatusReport {
         tasks: table.map(|by_status| TaskFigures { total: by_status.total(), by_status }),
         store_up: table.is_some(),
@@ -61,6 +83,7 @@ pub async fn report(State(app): State<AppState>) -> Json<StatusReport> {
         memory_history: app.memory_history(),
         matchers: shared,
         draining: app.is_draining(),
+        webhooks,
     })
 }
 

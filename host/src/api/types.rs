@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use super::error::ApiError;
 use crate::registry::MatcherRef;
 use crate::runtime::{Candidate, JobInput, Options, Posting, Skill};
+use crate::service::CallbackRequest;
 use crate::tasks::{TaskId, TaskStatus};
 
 /// Caps on one request's content. Counts and lengths past a cap answer 413,
@@ -38,6 +39,28 @@ pub struct MatchRequest {
     pub postings: Vec<PostingIn>,
     #[serde(default)]
     pub options: OptionsIn,
+    /// Where to POST the task once its job ends (completed, failed or
+    /// cancelled), signed as Standard Webhooks describes.
+    #[serde(default)]
+    pub callback: Option<CallbackIn>,
+}
+
+/// A job's completion webhook.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackIn {
+    /// An http or https URL the host's callback rules (`--callback-allow`)
+    /// allow; by default only public addresses.
+    pub url: String,
+    /// Delete the task as soon as its end is delivered.
+    #[serde(default)]
+    pub delete_after_delivery: bool,
+}
+
+impl From<CallbackIn> for CallbackRequest {
+    fn from(c: CallbackIn) -> Self {
+        CallbackRequest { url: c.url, delete_after_delivery: c.delete_after_delivery }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -162,14 +185,19 @@ pub fn idempotency_key(value: &axum::http::HeaderValue) -> Result<String, ApiErr
 }
 
 /// What an idempotency key stands for: the SHA-256 of the job as checked
-/// (its matcher as named, and its input), so that two bodies that differ
+/// (its matcher as named, its input and its callback), so that two bodies that differ
 /// only in spacing or field order are the same submission.
-pub fn fingerprint(matcher: Option<&MatcherRef>, input: &JobInput) -> String {
+pub fn fingerprint(matcher: Option<&MatcherRef>, input: &JobInput, callback: Option<&CallbackRequest>) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     hash.update(matcher.map(|m| m.to_string()).unwrap_or_default());
     hash.update([0]);
     hash.update(serde_json::to_vec(input).expect("a job serialises"));
+    if let Some(callback) = callback {
+        hash.update([0]);
+        hash.update(&callback.url);
+        hash.update([u8::from(callback.delete_after_delivery)]);
+    }
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -209,7 +237,7 @@ impl MatchRequest {
     /// Checks every cap and range, and moves the request into a job's input
     /// and the matcher it names.
     pub fn into_job(self, caps: &Caps) -> Result<(Option<MatcherRef>, JobInput), ApiError> {
-        let MatchRequest { matcher, candidate, postings, options } = self;
+        let MatchRequest { matcher, candidate, postings, options, callback: _ } = self;
         let matcher = match matcher {
             Some(reference) => {
                 check_id(|| "matcher".into(), &reference)?;
@@ -368,6 +396,12 @@ pub fn state_rules(
         ("PostingIn", "salary_max", salary),
         ("OptionsIn", "top_k", json!({"minimum": 1, "maximum": MAX_TOP_K})),
         ("OptionsIn", "min_score", range(0.0, 1.0)),
+        (
+            "CallbackIn",
+            "url",
+            json!({"format": "uri", "minLength": 1, "maxLength": crate::webhooks::MAX_URL_BYTES,
+                "pattern": "^https?://", "examples": ["https://hooks.example.com/matchbox"]}),
+        ),
     ];
     for (schema, field, rule) in rules {
         // A field renamed without its rule here fails every test.

@@ -17,20 +17,20 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{SubmitError, Submitted};
+use super::{SubmitError, Submission, Submitted};
 use crate::cluster::{Cluster, Delivery, Envelope, StreamClaim};
 use crate::jobs::{Claim, FollowedJobs, Job, JobQueue, JobTracker};
 use crate::metrics::Metrics;
 use crate::registry::{AcceptedError, DEFAULT_MATCHER, Matcher, MatcherRef, MatcherRegistry};
 use crate::runtime::{FailureKind, JobFailure, JobInput};
-use crate::tasks::{Clock, IdempotencyKey, Inserted, StoreError, Task, TaskId, TaskOutcome, TaskStore};
+use crate::tasks::{Clock, IdempotencyKey, Inserted, StoreError, Task, TaskCallback, TaskId, TaskOutcome, TaskStore};
 use crate::tenants::{Tenant, Tenants};
 
 /// Where a job came from.
 pub(super) enum Origin<'a> {
     /// Submitted to this host: its task is created here (once per
     /// idempotency key, if the client sent one).
-    Local { key: Option<&'a IdempotencyKey> },
+    Local { key: Option<&'a IdempotencyKey>, callback: Option<TaskCallback> },
     /// Read from the deployment's stream, maybe taken over from a host that
     /// did not finish it: its task exists already.
     Stream { task_id: TaskId, claim: StreamClaim },
@@ -79,14 +79,14 @@ impl JobIntake {
     }
 
     /// A job submitted to this host by `tenant`, with the client's
-    /// idempotency key if it sent one.
+    /// idempotency key if it sent one, and its callback checked.
     pub(super) async fn submit(
         &self,
         tenant: &Arc<Tenant>,
-        matcher: Option<MatcherRef>,
-        input: JobInput,
-        key: Option<IdempotencyKey>,
+        submission: Submission,
+        callback: Option<TaskCallback>,
     ) -> Result<Submitted, SubmitError> {
+        let Submission { matcher, input, key, .. } = submission;
         let reference = matcher.unwrap_or_else(|| MatcherRef::named(DEFAULT_MATCHER));
         // A retry of a submission already accepted is answered with its
         // task before anything else is checked: a full queue or a quota
@@ -96,7 +96,7 @@ impl JobIntake {
         {
             return Ok(existing);
         }
-        let submitted = self.intake(tenant, &reference, input, Origin::Local { key: key.as_ref() }).await?;
+        let submitted = self.intake(tenant, &reference, input, Origin::Local { key: key.as_ref(), callback }).await?;
         Ok(submitted.expect("a local submission creates its task"))
     }
 
@@ -143,14 +143,15 @@ impl JobIntake {
             (Err(err), _) => return Err(err),
         };
         let (created, claim, id, key) = match origin {
-            Origin::Local { key } => {
+            Origin::Local { key, callback } => {
                 let task = Task::pending(
                     self.clock.new_task_id(),
                     tenant.name.to_string(),
                     matcher.name.clone(),
                     self.clock.now(),
                     self.store.ttl(),
-                );
+                )
+                .with_callback(callback);
                 if let Some(cluster) = &self.cluster {
                     let inserted = self.hand_to_the_deployment(cluster, tenant, &task, &matcher, key, input).await?;
                     if let Inserted::Existing(existing) = inserted {

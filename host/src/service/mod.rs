@@ -28,10 +28,11 @@ use crate::registry::{
 };
 use crate::runtime::{JobInput, LiveInstances, Sandbox, SandboxConfig};
 use crate::tasks::{
-    Backend, Clock, IdempotencyKey, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskCounts, TaskId,
-    TaskStore,
+    Backend, Clock, IdempotencyKey, MemoryStore, OnExpire, RedisConn, RedisStore, StoreError, Task, TaskCallback,
+    TaskCounts, TaskId, TaskStore,
 };
 use crate::tenants::{AuthError, HostLimits, Tenant, Tenants};
+use crate::webhooks::{Deliverer, Secret, WebhookConfig};
 use intake::JobIntake;
 
 /// How often an event stream reads a pending task whose start this host
@@ -62,6 +63,11 @@ pub struct Settings {
     /// Whether a task keeps the logs of a shared (built-in or directory)
     /// matcher too, not only of its tenant's own uploads.
     pub shared_matcher_logs: bool,
+    /// Where callbacks may go and how they are delivered.
+    pub webhooks: WebhookConfig,
+    /// Without a tenants file: what the one tenant's callbacks are signed
+    /// with.
+    pub webhook_secret: Option<Secret>,
 }
 
 /// Caps the HTTP layer enforces.
@@ -84,6 +90,26 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
+/// A job as a client submits it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The matcher it names; the default matcher when `None`.
+    pub matcher: Option<MatcherRef>,
+    pub input: JobInput,
+    /// The client's idempotency key, with what it stands for.
+    pub key: Option<IdempotencyKey>,
+    /// Where the end is to be pushed.
+    pub callback: Option<CallbackRequest>,
+}
+
+/// A job's `callback`, as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackRequest {
+    pub url: String,
+    /// Delete the task once its end is delivered.
+    pub delete_after_delivery: bool,
+}
+
 /// An accepted submission.
 #[derive(Debug)]
 pub struct Submitted {
@@ -101,6 +127,15 @@ pub enum SubmitError {
     QueueFull(usize),
     #[error("this host is shutting down and takes no new jobs")]
     ShuttingDown,
+    /// The callback's destination is one the host's rules refuse.
+    #[error(transparent)]
+    CallbackRefused(#[from] crate::webhooks::Refused),
+    /// The tenant has no secret to sign callbacks with.
+    #[error(
+        "callback: this tenant has no webhook signing secret, so its jobs cannot ask for callbacks (the operator \
+         sets one: `webhook_secret` in the tenants file, or --webhook-secret without one)"
+    )]
+    CallbackUnsigned,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -128,6 +163,7 @@ pub struct Matchbox {
     cluster: Option<Arc<Cluster>>,
     followed: Arc<FollowedJobs>,
     intake: Arc<JobIntake>,
+    webhooks: Arc<Deliverer>,
     /// Fired when draining begins: no new submissions, no more jobs taken
     /// from the stream. A child of the stop signal.
     draining: CancellationToken,
@@ -142,7 +178,11 @@ impl Matchbox {
     pub async fn new(settings: impl Into<Settings>) -> anyhow::Result<Arc<Self>> {
         let settings = settings.into();
         let stop = CancellationToken::new();
-        let tenants = Arc::new(Tenants::load(settings.tenants_file.as_deref(), &settings.limits)?);
+        let tenants = Arc::new(Tenants::load(
+            settings.tenants_file.as_deref(),
+            &settings.limits,
+            settings.webhook_secret.clone(),
+        )?);
         let clock = Clock::new();
         let metrics = Arc::new(Metrics::new(settings.tasks_high_water));
         let tracker = Arc::new(JobTracker::default());
@@ -186,6 +226,13 @@ impl Matchbox {
             tokio::spawn(sweep_followed(followed.clone(), store.clone(), stop.clone()));
             tokio::spawn(keep_tidy(cluster.clone(), stop.clone()));
         }
+        let secrets: crate::webhooks::Secrets = {
+            let tenants = tenants.clone();
+            Arc::new(move |name: &str| tenants.get(name).and_then(|t| t.webhook_secret.clone()))
+        };
+        let webhooks = Deliverer::new(store.clone(), settings.webhooks.clone(), secrets)
+            .context("creating the webhooks' HTTP client")?;
+        tokio::spawn(webhooks.clone().run(stop.clone()));
         let memory_history = MemoryHistory::start(Duration::from_secs(2), Duration::from_secs(600), stop.clone());
         Ok(Arc::new(Matchbox {
             http: settings.http,
@@ -200,6 +247,7 @@ impl Matchbox {
             cluster,
             followed,
             intake,
+            webhooks,
             draining,
             _stop: stop.drop_guard(),
         }))
@@ -230,14 +278,35 @@ impl Matchbox {
 
     /// Accepts `tenant`'s job: records a pending task and queues the job.
     /// Once this returns `Ok`, the task ends in a terminal state or expires.
-    pub async fn submit(
+    pub async fn submit(&self, tenant: &Arc<Tenant>, submission: Submission) -> Result<Submitted, SubmitError> {
+        let callback = self.callback(tenant, submission.callback.as_ref()).await?;
+        self.intake.submit(tenant, submission, callback).await
+    }
+
+    /// The callback a job asked for, checked: the tenant can sign it and
+    /// the host's rules allow its destination.
+    async fn callback(
         &self,
-        tenant: &Arc<Tenant>,
-        matcher: Option<MatcherRef>,
-        input: JobInput,
-        key: Option<IdempotencyKey>,
-    ) -> Result<Submitted, SubmitError> {
-        self.intake.submit(tenant, matcher, input, key).await
+        tenant: &Tenant,
+        asked: Option<&CallbackRequest>,
+    ) -> Result<Option<TaskCallback>, SubmitError> {
+        let Some(asked) = asked else { return Ok(None) };
+        if !self.webhooks.signs_for(&tenant.name) {
+            return Err(SubmitError::CallbackUnsigned);
+        }
+        let url = self.webhooks.policy().check(&asked.url).await?;
+        Ok(Some(TaskCallback::new(url.to_string(), asked.delete_after_delivery)))
+    }
+
+    /// What this host's deliverer has done.
+    pub fn webhook_stats(&self) -> &crate::webhooks::DeliveryStats {
+        self.webhooks.stats()
+    }
+
+    /// Deliveries pending and failed in the table; `None` while the store
+    /// cannot answer.
+    pub async fn callback_counts(&self) -> Option<crate::tasks::CallbackCounts> {
+        self.store.callback_counts().await.inspect_err(|err| tracing::debug!(%err, "cannot count deliveries")).ok()
     }
 
     /// Whether `tenant`'s idempotency key `key` made a task that lives: a

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Clock, IdempotencyKey, Inserted, LogLevel, Ranking, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogLine,
-    TaskLogs, TaskOutcome, TaskStatus, TaskStore, TenantCaps,
+    CallbackClaim, CallbackCounts, CallbackProgress, CallbackReport, CallbackState, Clock, IdempotencyKey, Inserted, LogLevel, Ranking, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogLine,
+    TaskCallback, TaskLogs, TaskOutcome, TaskStatus, TaskStore, TenantCaps,
 };
 use crate::runtime::{FailureKind, JobFailure};
 
@@ -30,6 +30,7 @@ where
     tenant_caps_are_enforced(make(16, LONG).await).await;
     expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
     idempotency_keys_make_one_task(make(16, LONG).await).await;
+    callbacks_are_queued_with_the_end_and_leased(make(16, LONG).await).await;
 }
 
 /// The tenants the suite uses; a store that must know its tenants is made
@@ -289,4 +290,100 @@ async fn expired_within_grace(store: &dyn TaskStore) {
         assert!(tokio::time::Instant::now() < grace, "tasks still present 5 s after their time to live");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A callback's delivery is queued by the end itself, claimed by one
+/// claimant at a time under a lease that lapses, reported once per lease,
+/// retried when asked, counted, and gone with its task.
+async fn callbacks_are_queued_with_the_end_and_leased(store: Arc<dyn TaskStore>) {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let clock = Clock::new();
+    let hooked = |url: &str| {
+        pending(&*store, &clock).with_callback(Some(TaskCallback::new(url.into(), false)))
+    };
+    let claim_all = |lease| {
+        let store = store.clone();
+        async move { store.claim_callbacks(lease, 16).await.unwrap() }
+    };
+    let task = hooked("https://hooks.example.com/a");
+    let id = task.task_id;
+    let plain = pending(&*store, &clock);
+    store.insert(task, TenantCaps::NONE, None).await.unwrap();
+    store.insert(plain.clone(), TenantCaps::NONE, None).await.unwrap();
+    let read = |id| {
+        let store = store.clone();
+        async move { store.get(TENANT, id).await.unwrap().unwrap().callback.unwrap() }
+    };
+    let shown = read(id).await;
+    assert_eq!((shown.url.as_str(), shown.progress.state), ("https://hooks.example.com/a", CallbackState::Waiting));
+    assert!(claim_all(HOUR).await.is_empty(), "nothing is due before the end");
+
+    // Drain a permit an earlier change may have left, then see the end tell.
+    let _ = tokio::time::timeout(Duration::from_millis(10), store.callbacks_queued().notified()).await;
+    store.finish(TENANT, plain.task_id, TaskOutcome::Cancelled.into()).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), store.callbacks_queued().notified()).await.is_err(),
+        "an end without a callback queues nothing"
+    );
+    store.finish(TENANT, id, TaskOutcome::Completed(vec![]).into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), store.callbacks_queued().notified())
+        .await
+        .expect("an end with a callback tells the deliverer");
+    assert_eq!(read(id).await.progress, CallbackProgress::QUEUED);
+    assert_eq!(store.callback_counts().await.unwrap(), CallbackCounts { pending: 1, failed: 0 });
+
+    let first = claim_all(HOUR).await;
+    assert_eq!(first.len(), 1, "the end with a callback, only: {first:?}");
+    let first = first.into_iter().next().unwrap();
+    assert_eq!((first.tenant.as_str(), first.task_id), (TENANT, id));
+    assert!(claim_all(HOUR).await.is_empty(), "a leased delivery is nobody else's");
+
+    let tried = CallbackProgress {
+        state: CallbackState::Pending,
+        attempts: 1,
+        last_status: Some(500),
+        last_error: Some("the receiver answered 500".into()),
+    };
+    let retry = CallbackReport { progress: tried.clone(), retry_in: Some(Duration::from_millis(300)) };
+    let stale = CallbackClaim { lease: first.lease + 1, ..first.clone() };
+    assert!(!store.report_callback(&stale, retry.clone()).await.unwrap(), "another lease's report is refused");
+    assert!(store.report_callback(&first, retry.clone()).await.unwrap());
+    assert!(!store.report_callback(&first, retry).await.unwrap(), "a lease is reported once");
+    assert_eq!(read(id).await.progress, tried);
+    assert!(claim_all(HOUR).await.is_empty(), "a retry waits for its time");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // A claimant that never reports (a host that died) loses the lease.
+    let short = claim_all(Duration::from_millis(300)).await;
+    assert_eq!(short.len(), 1, "the retry is due");
+    assert!(claim_all(HOUR).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = claim_all(HOUR).await;
+    assert_eq!(second.len(), 1, "a lapsed lease is claimed again");
+    let delivered = CallbackProgress { state: CallbackState::Delivered, attempts: 2, last_status: Some(204), last_error: None };
+    let done = CallbackReport { progress: delivered.clone(), retry_in: None };
+    assert!(!store.report_callback(&short[0], done.clone()).await.unwrap(), "the lapsed lease's report is refused");
+    assert!(store.report_callback(&second[0], done).await.unwrap());
+    assert_eq!(read(id).await.progress, delivered);
+    assert!(claim_all(Duration::ZERO).await.is_empty(), "a delivered end is done with");
+    assert_eq!(store.callback_counts().await.unwrap(), CallbackCounts { pending: 0, failed: 0 });
+
+    // A failure is counted while its task lives; a delete takes a queued
+    // delivery with it.
+    let failing = hooked("https://hooks.example.com/b");
+    let queued = hooked("https://hooks.example.com/c");
+    for task in [&failing, &queued] {
+        store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
+        store.finish(TENANT, task.task_id, TaskOutcome::Cancelled.into()).await.unwrap();
+    }
+    let claims = claim_all(HOUR).await;
+    let failing_claim = claims.iter().find(|c| c.task_id == failing.task_id).expect("both are due").clone();
+    let gave_up = CallbackProgress { state: CallbackState::Failed, attempts: 1, last_status: Some(410), last_error: None };
+    assert!(store.report_callback(&failing_claim, CallbackReport { progress: gave_up, retry_in: None }).await.unwrap());
+    assert_eq!(store.callback_counts().await.unwrap(), CallbackCounts { pending: 1, failed: 1 });
+    assert!(store.remove(TENANT, failing.task_id).await.unwrap());
+    assert!(store.remove(TENANT, queued.task_id).await.unwrap());
+    assert_eq!(store.callback_counts().await.unwrap(), CallbackCounts::default());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(claim_all(Duration::ZERO).await.is_empty(), "a deleted task's delivery is gone with it");
 }

@@ -26,7 +26,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    Clock, IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskStatus, TaskStore, TenantCaps,
+    CallbackClaim, CallbackCounts, CallbackReport, CallbackState, Clock, IdempotencyKey, Inserted, StoreError, Task,
+    TaskCounts, TaskEnd, TaskId, TaskStatus, TaskStore, TenantCaps,
 };
 
 /// Told the ids of tasks the purge deleted, after the lock is released, so
@@ -46,6 +47,8 @@ struct Shared {
     /// Wakes the purge task when a task with an earlier expiry than any it
     /// knew of is inserted.
     wake_purge: Notify,
+    /// Told when a delivery is queued.
+    callbacks_queued: Notify,
     clock: Clock,
     on_expire: OnExpire,
 }
@@ -62,6 +65,13 @@ struct State {
     /// Each live task's idempotency key, by tenant and key: the task and
     /// the fingerprint of what made it.
     keys: HashMap<(String, String), (TaskId, String)>,
+    /// Deliveries of ended tasks' callbacks, by when each is due (a claimed
+    /// one: when its lease lapses).
+    callbacks: BTreeSet<(Instant, TaskId)>,
+    /// Tasks held whose callback's delivery failed.
+    callbacks_failed: u64,
+    /// The last lease handed out.
+    leases: u64,
 }
 
 /// One tenant's tasks: all it holds, and those pending or running.
@@ -76,6 +86,9 @@ struct Entry {
     expires: Instant,
     /// The idempotency key that made it, forgotten with it.
     key: Option<String>,
+    /// Its delivery's place in `callbacks`, and the lease it is claimed
+    /// under (0 when unclaimed).
+    callback_due: Option<(Instant, u64)>,
 }
 
 impl MemoryStore {
@@ -83,7 +96,13 @@ impl MemoryStore {
     /// inside a tokio runtime: it spawns the purge task there.
     pub fn new(capacity: usize, ttl: Duration, clock: Clock, on_expire: OnExpire) -> Self {
         let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), wake_purge: Notify::new(), clock, on_expire });
+            Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake_purge: Notify::new(),
+            callbacks_queued: Notify::new(),
+            clock,
+            on_expire,
+        });
         let purge = tokio::spawn(purge_expired_tasks(shared.clone()));
         MemoryStore { shared, ttl, capacity, purge }
     }
@@ -134,8 +153,15 @@ impl State {
         }
     }
 
-    /// Forgets an entry that left the table: its key and every count.
+    /// Forgets an entry that left the table: its key, its delivery and
+    /// every count.
     fn forget_entry(&mut self, entry: &Entry) {
+        if let Some((due, _)) = entry.callback_due {
+            self.callbacks.remove(&(due, entry.task.task_id));
+        }
+        if entry.task.callback.as_ref().is_some_and(|c| c.progress.state == CallbackState::Failed) {
+            self.callbacks_failed -= 1;
+        }
         if let Some(key) = &entry.key {
             self.keys.remove(&(entry.task.tenant.clone(), key.clone()));
             crate::support::capacity::give_back_spare(&mut self.keys);
@@ -229,7 +255,7 @@ impl TaskStore for MemoryStore {
         if let Some(key) = key {
             state.keys.insert((task.tenant.clone(), key.key.clone()), (id, key.fingerprint.clone()));
         }
-        state.tasks.insert(id, Entry { task, expires, key: key.map(|k| k.key.clone()) });
+        state.tasks.insert(id, Entry { task, expires, key: key.map(|k| k.key.clone()), callback_due: None });
         state.expirations.insert((expires, id));
         drop(state);
         if earliest {
@@ -269,8 +295,8 @@ impl TaskStore for MemoryStore {
 
     async fn finish(&self, tenant: &str, id: TaskId, end: TaskEnd) -> Result<bool, StoreError> {
         let now = self.shared.clock.now();
-        let mut state = self.shared.state.lock().unwrap();
-        let state = &mut *state;
+        let mut guard = self.shared.state.lock().unwrap();
+        let state = &mut *guard;
         match state.tasks.get_mut(&id) {
             Some(entry) if entry.task.tenant == tenant && !entry.task.status.is_terminal() => {
                 let from = entry.task.status;
@@ -278,6 +304,13 @@ impl TaskStore for MemoryStore {
                 state.by_status.moved(from, entry.task.status);
                 if let Some(held) = state.held.get_mut(&entry.task.tenant) {
                     held.open -= 1;
+                }
+                if entry.task.callback.is_some() {
+                    let due = Instant::now();
+                    entry.callback_due = Some((due, 0));
+                    state.callbacks.insert((due, id));
+                    drop(guard);
+                    self.shared.callbacks_queued.notify_one();
                 }
                 Ok(true)
             }
@@ -298,6 +331,61 @@ impl TaskStore for MemoryStore {
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.shared.state.lock().unwrap().tasks.len())
+    }
+
+    async fn claim_callbacks(&self, lease: Duration, limit: usize) -> Result<Vec<CallbackClaim>, StoreError> {
+        let now = Instant::now();
+        let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
+        let mut claimed = Vec::new();
+        while claimed.len() < limit
+            && let Some(&(due, id)) = state.callbacks.first()
+            && due <= now
+        {
+            state.callbacks.pop_first();
+            let Some(entry) = state.tasks.get_mut(&id) else { continue };
+            state.leases += 1;
+            let until = now + lease;
+            entry.callback_due = Some((until, state.leases));
+            state.callbacks.insert((until, id));
+            claimed.push(CallbackClaim { tenant: entry.task.tenant.clone(), task_id: id, lease: state.leases });
+        }
+        Ok(claimed)
+    }
+
+    async fn report_callback(&self, claim: &CallbackClaim, report: CallbackReport) -> Result<bool, StoreError> {
+        let mut state = self.shared.state.lock().unwrap();
+        let state = &mut *state;
+        let Some(entry) = state.tasks.get_mut(&claim.task_id).filter(|e| e.task.tenant == claim.tenant) else {
+            return Ok(false);
+        };
+        let (Some((due, lease)), Some(callback)) = (entry.callback_due, entry.task.callback.as_mut()) else {
+            return Ok(false);
+        };
+        if lease != claim.lease {
+            return Ok(false);
+        }
+        state.callbacks.remove(&(due, claim.task_id));
+        entry.callback_due = None;
+        if report.progress.state == CallbackState::Failed && callback.progress.state != CallbackState::Failed {
+            state.callbacks_failed += 1;
+        }
+        callback.progress = report.progress;
+        if let Some(retry_in) = report.retry_in {
+            let due = Instant::now() + retry_in;
+            entry.callback_due = Some((due, 0));
+            state.callbacks.insert((due, claim.task_id));
+        }
+        Ok(true)
+    }
+
+    async fn callback_counts(&self) -> Result<CallbackCounts, StoreError> {
+        let state = self.shared.state.lock().unwrap();
+        Ok(CallbackCounts { pending: state.callbacks.len() as u64, failed: state.callbacks_failed })
+    }
+
+    fn callbacks_queued(&self) -> &Notify {
+        &self.shared.callbacks_queued
     }
 
     async fn statuses(&self, tasks: &[(String, TaskId)]) -> Result<Vec<Option<TaskStatus>>, StoreError> {

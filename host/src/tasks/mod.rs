@@ -10,6 +10,7 @@
 //! project was started to fix (see the README's history section).
 
 mod backend;
+mod callback;
 mod clock;
 pub mod conformance;
 mod memory;
@@ -18,11 +19,13 @@ mod redis;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use backend::Backend;
+pub use callback::{CallbackClaim, CallbackCounts, CallbackProgress, CallbackReport, CallbackState, TaskCallback};
 pub use clock::Clock;
 pub use memory::{MemoryStore, OnExpire};
 pub use redis::{EntryFinish, EntryRef, RedisConn, RedisStore, move_lua};
@@ -277,6 +280,10 @@ pub struct Task {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(required = false)]
     pub logs: Option<TaskLogs>,
+    /// Where the end is pushed, and how that went, if the job asked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(required = false)]
+    pub callback: Option<TaskCallback>,
 }
 
 impl Task {
@@ -293,7 +300,14 @@ impl Task {
             result: None,
             error: None,
             logs: None,
+            callback: None,
         }
+    }
+
+    /// The same task, with its end to be pushed as `callback` says.
+    pub fn with_callback(mut self, callback: Option<TaskCallback>) -> Self {
+        self.callback = callback;
+        self
     }
 
     /// Records a change at `now`. Timestamps never run backwards, even when
@@ -309,6 +323,9 @@ impl Task {
         self.status = outcome.status();
         self.touch(now);
         self.logs = logs;
+        if let Some(callback) = &mut self.callback {
+            callback.progress = CallbackProgress::QUEUED;
+        }
         match outcome {
             TaskOutcome::Completed(rankings) => self.result = Some(TaskResult { rankings }),
             TaskOutcome::Failed(error) => self.error = Some(error),
@@ -431,10 +448,33 @@ pub trait TaskStore: Send + Sync + 'static {
     }
 
     /// Pending or running to `end`'s outcome, with its logs. `Ok(false)` if
-    /// the task is gone or already ended.
+    /// the task is gone or already ended. A task with a callback has its
+    /// delivery queued in the same step (see [`TaskStore::claim_callbacks`]).
     async fn finish(&self, tenant: &str, id: TaskId, end: TaskEnd) -> Result<bool, StoreError>;
 
-    /// Deletes a task. `Ok(false)` if it was not there.
+    /// Up to `limit` deliveries of ended tasks' callbacks that are due now,
+    /// each leased to the caller for `lease`: until then no other call gets
+    /// it, unless it is reported. A delivery becomes due when its job ends
+    /// and again when a report asks for a retry; one whose task is gone is
+    /// dropped, never claimed.
+    async fn claim_callbacks(&self, lease: Duration, limit: usize) -> Result<Vec<CallbackClaim>, StoreError>;
+
+    /// Records how an attempt under `claim` went, on the task, and queues the
+    /// retry it asks for or is done with the delivery. `Ok(false)`, with
+    /// nothing written, if the lease lapsed and was claimed again, or the
+    /// task is gone.
+    async fn report_callback(&self, claim: &CallbackClaim, report: CallbackReport) -> Result<bool, StoreError>;
+
+    /// Deliveries pending and failed among the tasks held.
+    async fn callback_counts(&self) -> Result<CallbackCounts, StoreError>;
+
+    /// Told (one stored permit, as [`Notify::notify_one`]) whenever this
+    /// store queues a delivery, so the deliverer need not poll for the
+    /// ends of this host's own jobs.
+    fn callbacks_queued(&self) -> &Notify;
+
+    /// Deletes a task, and its callback's delivery. `Ok(false)` if it was
+    /// not there.
     async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError>;
 
     /// Tasks held right now.

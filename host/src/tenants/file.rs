@@ -5,6 +5,7 @@
 //! [[tenant]]
 //! name = "acme"
 //! key_sha256 = "…64 hex digits…"   # never the key itself
+//! webhook_secret = "whsec_…"        # signs its jobs' callbacks (the host needs it itself)
 //! matchers = ["skills"]             # shared matchers it may use; omit for all
 //! concurrent_jobs = 2               # quotas; each omitted one is the host's own limit
 //! pending_tasks = 500
@@ -32,6 +33,11 @@ pub struct TenantsFile {
 pub struct TenantEntry {
     pub name: String,
     pub key_sha256: String,
+    /// What its jobs' callbacks are signed with (`whsec_…`, Standard
+    /// Webhooks). Kept as is: the host signs with it, so the file must be
+    /// readable by the host only.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
     /// Shared matchers (built-in and `--matchers-dir`) the tenant may use;
     /// all of them when absent. Its own uploads are always its own to use.
     #[serde(default)]
@@ -167,11 +173,11 @@ impl HostFlags {
 }
 
 /// Adds a tenant to the file at `path` (created if missing) with a fresh
-/// key, and returns the key: the only time it exists outside the caller's
-/// hands. The file keeps its comments and layout: the new table is
+/// key and webhook signing secret, and returns them: the only time the key
+/// exists outside the caller's hands. The file keeps its comments and layout: the new table is
 /// appended, the whole is checked as `serve` under `limits` would check it
 /// before it replaces the old file, and it is replaced atomically.
-pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &HostFlags) -> anyhow::Result<String> {
+pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &HostFlags) -> anyhow::Result<Added> {
     super::check_name(name)?;
     let old = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -183,6 +189,7 @@ pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &HostFlags) -> anyh
         anyhow::bail!("{} already has a tenant named '{name}'", path.display());
     }
     let key = keys::generate()?;
+    let webhook_secret = crate::webhooks::Secret::generate()?.expose();
     let mut text = old;
     if text.is_empty() {
         text.push_str("# matchbox tenants: `matchbox tenant add NAME --config FILE` appends to this file.\n");
@@ -190,7 +197,10 @@ pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &HostFlags) -> anyh
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&format!("\n[[tenant]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n", keys::KeyHash::of(&key).to_hex()));
+    text.push_str(&format!(
+        "\n[[tenant]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nwebhook_secret = \"{webhook_secret}\"\n",
+        keys::KeyHash::of(&key).to_hex()
+    ));
     if let Some(matchers) = &new.matchers {
         for m in matchers {
             if !crate::support::names::is_valid_name(m) {
@@ -225,7 +235,17 @@ pub fn add(path: &Path, name: &str, new: &NewTenant, limits: &HostFlags) -> anyh
 
     crate::support::files::write_atomically(path, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    Ok(key)
+    Ok(Added { key, webhook_secret })
+}
+
+/// What `tenant add` hands the operator, once.
+#[derive(Debug)]
+pub struct Added {
+    /// The API key; the file keeps only its hash.
+    pub key: String,
+    /// The secret its callbacks are signed with, for the tenant to check
+    /// them; the file keeps it too (the host signs with it).
+    pub webhook_secret: String,
 }
 
 #[cfg(test)]
@@ -237,7 +257,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("matchbox.toml");
         std::fs::write(&path, "# operators' notes\n").unwrap();
-        let key = add(&path, "acme", &NewTenant::default(), &limits()).unwrap();
+        let Added { key, webhook_secret } = add(&path, "acme", &NewTenant::default(), &limits()).unwrap();
         let new = NewTenant {
             matchers: Some(vec!["skills".into()]),
             concurrent_jobs: Some(2),
@@ -253,6 +273,9 @@ mod tests {
         let file = TenantsFile::parse(&text).unwrap();
         assert_eq!(file.tenants.len(), 2);
         assert!(keys::KeyHash::from_hex(&file.tenants[0].key_sha256).unwrap().matches(&keys::KeyHash::of(&key)));
+        assert_eq!(file.tenants[0].webhook_secret.as_deref(), Some(webhook_secret.as_str()), "the host signs with it");
+        assert_ne!(file.tenants[1].webhook_secret, file.tenants[0].webhook_secret, "each tenant has its own");
+        webhook_secret.parse::<crate::webhooks::Secret>().unwrap();
         let globex = &file.tenants[1];
         assert_eq!(globex.matchers.as_deref(), Some(&["skills".to_string()][..]));
         assert_eq!((globex.concurrent_jobs, globex.memory.as_deref()), (Some(2), Some("64MiB")), "as typed");

@@ -38,6 +38,7 @@ use crate::registry::Access;
 use crate::runtime::JobLimits;
 use crate::support::units::{parse_duration, parse_size};
 use crate::tasks::TenantCaps;
+use crate::webhooks::Secret;
 use file::{TenantEntry, TenantsFile};
 use keys::KeyHash;
 
@@ -123,11 +124,21 @@ pub struct Tenant {
     /// Whether its uploads are its own (every tenant from a tenants file) or
     /// shared (the implicit tenant).
     private: bool,
+    /// What its jobs' callbacks are signed with; without one, its jobs
+    /// cannot ask for a callback.
+    pub webhook_secret: Option<Secret>,
 }
 
 impl Tenant {
-    fn implicit(host: &HostLimits) -> Self {
-        Tenant { name: DEFAULT_TENANT.into(), key: None, quotas: Quotas::of_host(host), shared: None, private: false }
+    fn implicit(host: &HostLimits, webhook_secret: Option<Secret>) -> Self {
+        Tenant {
+            name: DEFAULT_TENANT.into(),
+            key: None,
+            quotas: Quotas::of_host(host),
+            shared: None,
+            private: false,
+            webhook_secret,
+        }
     }
 
     /// The namespace its uploads live in: its name, or `None` for shared.
@@ -177,10 +188,16 @@ pub struct Tenants {
 
 impl Tenants {
     /// The tenants of the tenants file at `path`, or without one the
-    /// implicit tenant, under the host's limits.
-    pub fn load(path: Option<&std::path::Path>, host: &HostLimits) -> anyhow::Result<Self> {
+    /// implicit tenant, under the host's limits; the implicit tenant signs
+    /// its callbacks with the host's `webhook_secret` (each tenant of a file
+    /// has its own).
+    pub fn load(
+        path: Option<&std::path::Path>,
+        host: &HostLimits,
+        webhook_secret: Option<Secret>,
+    ) -> anyhow::Result<Self> {
         match path {
-            None => Ok(Tenants { all: vec![Arc::new(Tenant::implicit(host))], auth: false }),
+            None => Ok(Tenants { all: vec![Arc::new(Tenant::implicit(host, webhook_secret))], auth: false }),
             Some(path) => {
                 let file = TenantsFile::read(path)?;
                 Self::from_file(file, host).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
@@ -337,6 +354,10 @@ fn resolve(entry: TenantEntry, limits: &HostLimits, table_share: usize) -> anyho
         quotas,
         shared: entry.matchers.map(|m| m.into_iter().collect()),
         private: true,
+        webhook_secret: entry
+            .webhook_secret
+            .map(|s| s.parse::<Secret>().map_err(|e| anyhow::anyhow!("webhook_secret: {e}")))
+            .transpose()?,
     })
 }
 

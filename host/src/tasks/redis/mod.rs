@@ -14,10 +14,17 @@
 //!                                    x  when it expires (ms, Redis's clock)
 //!                                    u  when it last changed (RFC 3339), once it has
 //!                                    o  its result or error (JSON), once it has ended
+//!                                    w  "1" if its end is to be pushed to a callback
+//!                                    d  its callback's progress (JSON), once attempted
 //! {<prefix>:<tenant>}:s:<status>   sorted set of the tenant's task ids in that status,
 //!                                  scored by expiry (ms, Redis's clock)
 //! {<prefix>:<tenant>}:job:<id>     string, the task's TTL: the job to run (JSON), until
 //!                                  it ends (hosts sharing jobs; see stream.rs)
+//! {<prefix>:<tenant>}:callbacks    sorted set of the ids of ended tasks whose callback is
+//!                                  to be delivered, scored by when it is due (ms, Redis's
+//!                                  clock; a claimed one: when its lease lapses)
+//! {<prefix>:<tenant>}:s:cbfailed   sorted set of the ids of tasks whose callback failed,
+//!                                  scored by expiry, counted like the status sets
 //! ```
 //!
 //! A hash rather than one JSON string, so that a transition is a field
@@ -67,7 +74,7 @@ pub use conn::RedisConn;
 pub use stream::{EntryFinish, EntryRef};
 
 use super::{
-    IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskResult,
+    CallbackClaim, CallbackCounts, CallbackReport, IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskResult,
     TaskStatus, TaskStore, TenantCaps,
 };
 use crate::runtime::JobFailure;
@@ -85,6 +92,8 @@ pub struct RedisStore {
     scripts: Scripts,
     /// The last refusal of each tenant's insert, and when.
     refusals: Mutex<HashMap<String, (Instant, StoreError)>>,
+    /// Told when an end this host wrote queued a delivery.
+    callbacks_queued: tokio::sync::Notify,
 }
 
 struct Scripts {
@@ -99,6 +108,9 @@ struct Scripts {
     finish_entry: Script,
     drop_entry: Script,
     fail_undelivered: Script,
+    claim_callbacks: Script,
+    report_callback: Script,
+    callback_counts: Script,
 }
 
 /// The time on Redis's clock, in ms, as every script reads it.
@@ -112,9 +124,10 @@ end
 /// Counts the tenant's live tasks, refuses at either cap, else adds the
 /// task unless it exists: 1 added, 0 exists, -1 tasks cap, -2 pending cap.
 /// KEYS: task, then the tenant's five status sets in `TaskStatus::ALL` order.
-/// ARGV: task JSON, ttl ms, tasks cap, pending cap, id.
+/// ARGV: task JSON, ttl ms, tasks cap, pending cap, id. `hook` is '1' for a
+/// task whose end goes to a callback.
 const INSERT_FN: &str = r"
-local function insert(idem, claim)
+local function insert(idem, claim, hook)
   if idem ~= '' then
     -- The claim names its task; a claim whose task has just expired (the
     -- two TTLs lapse within a millisecond of each other) is not a retry.
@@ -134,6 +147,7 @@ local function insert(idem, claim)
   if open >= tonumber(ARGV[4]) then return -2 end
   local expires = t + tonumber(ARGV[2])
   redis.call('HSET', KEYS[1], 'j', ARGV[1], 's', 'pending', 'x', expires)
+  if hook == '1' then redis.call('HSET', KEYS[1], 'w', '1') end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[2], expires, ARGV[5])
   if idem ~= '' then
@@ -145,12 +159,13 @@ end
 ";
 
 /// KEYS: task, its five status sets. ARGV: task JSON, ttl ms, tasks cap,
-/// pending cap, id, idempotency key's key (or ''), its claim. Answers 1
+/// pending cap, id, idempotency key's key (or ''), its claim, '1' for a
+/// callback (or ''). Answers 1
 /// inserted, 0 duplicate id, -1 / -2 over a cap, or the claim (`<task id>
 /// <fingerprint>`) of the key's live task. The key lives as long as the task
 /// (the same TTL; REMOVE deletes it with the task, named in its `k`), in the
 /// tenant's hash slot, so the key and its task move together.
-const INSERT: &str = "return insert(ARGV[6], ARGV[7])";
+const INSERT: &str = "return insert(ARGV[6], ARGV[7], ARGV[8])";
 
 /// Moves member `id` from set `from` to set `to` with score `expires`
 /// (the hash's `x`; for a task written before it kept one, the member's
@@ -180,26 +195,81 @@ move(KEYS[1], KEYS[2], KEYS[3], ARGV[2], h[2])
 return 1
 ";
 
-/// Pending or running to an end, once: 1 written, 0 gone or ended.
+/// Pending or running to an end, once: 2 written with the task's callback
+/// queued, due now; 1 written; 0 gone or ended. The callbacks set is in the
+/// task's hash slot, its key the task's with `callbacks` for `task:<id>`.
 const FINISH_FN: &str = r"
 local function finish(task, pending, running, target, status, updated, outcome, id)
-  local h = redis.call('HMGET', task, 's', 'x')
+  local h = redis.call('HMGET', task, 's', 'x', 'w')
   local s = h[1]
   if s ~= 'pending' and s ~= 'running' then return 0 end
   redis.call('HSET', task, 's', status, 'u', updated, 'o', outcome)
   local from = running
   if s == 'pending' then from = pending end
   move(task, from, target, id, h[2])
+  if h[3] then
+    redis.call('ZADD', string.sub(task, 1, -42) .. 'callbacks', now(), id)
+    return 2
+  end
   return 1
 end
+";
+
+/// Leases up to ARGV[2] due deliveries for ARGV[1] ms; drops those whose
+/// task is gone. KEYS: callbacks. ARGV: lease ms, limit, the tenant's key
+/// tag. Answers `[id, lease, …]`, the lease being the new score.
+const CLAIM_CALLBACKS: &str = r"
+local t = now()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+local lease = t + tonumber(ARGV[1])
+for _, id in ipairs(due) do
+  if redis.call('EXISTS', ARGV[3] .. ':task:' .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], lease, id)
+    out[#out + 1] = id
+    out[#out + 1] = string.format('%d', lease)
+  end
+end
+return out
+";
+
+/// Writes an attempt's progress if the caller's lease is still the
+/// delivery's, and queues the retry or is done with it: 1 written, 0 the
+/// lease is lost or the task gone. KEYS: task, callbacks, failed set.
+/// ARGV: id, lease, progress JSON, retry in ms (-1: done), failed ('1' or '').
+const REPORT_CALLBACK: &str = r"
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+local expires = redis.call('HGET', KEYS[1], 'x') or (now() + redis.call('PTTL', KEYS[1]))
+redis.call('HSET', KEYS[1], 'd', ARGV[3])
+if tonumber(ARGV[4]) >= 0 then
+  redis.call('ZADD', KEYS[2], now() + tonumber(ARGV[4]), ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if ARGV[5] == '1' then redis.call('ZADD', KEYS[3], expires, ARGV[1]) end
+return 1
+";
+
+/// KEYS: callbacks, failed set. Answers the deliveries queued and the
+/// live failed ones.
+const CALLBACK_COUNTS: &str = r"
+return {redis.call('ZCARD', KEYS[1]), redis.call('ZCOUNT', KEYS[2], '(' .. now(), '+inf')}
 ";
 
 /// KEYS: task, pending, running, target. ARGV: status, updated at, outcome
 /// JSON, id.
 const FINISH: &str = "return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])";
 
-/// KEYS: task, its job, then the five status sets. ARGV: id. The task's
-/// idempotency key (its `k`, in the same hash slot) goes with it.
+/// KEYS: task, its job, then the five status sets, the callbacks set and
+/// the failed callbacks' set. ARGV: id. The task's idempotency key (its
+/// `k`, in the same hash slot) goes with it.
 const REMOVE: &str = r"
 redis.call('DEL', KEYS[2])
 local idem = redis.call('HGET', KEYS[1], 'k')
@@ -210,8 +280,8 @@ return 1
 ";
 
 /// Drops the members of expired tasks from one tenant's five status sets
-/// (a count never includes them; this only gives their memory back).
-/// KEYS: the five sets.
+/// and its failed callbacks' set (a count never includes them; this only
+/// gives their memory back). KEYS: the six sets.
 const PRUNE: &str = r"
 local t = now()
 local dropped = 0
@@ -312,8 +382,12 @@ impl RedisStore {
                 finish_entry: script(stream::FINISH_ENTRY, &[NOW, MOVE, FINISH_FN, stream::OWNED_FN]),
                 drop_entry: script(stream::DROP_ENTRY, &[stream::OWNED_FN]),
                 fail_undelivered: script(stream::FAIL_UNDELIVERED, &[NOW, MOVE, FINISH_FN]),
+                claim_callbacks: script(CLAIM_CALLBACKS, &[NOW]),
+                report_callback: script(REPORT_CALLBACK, &[NOW]),
+                callback_counts: script(CALLBACK_COUNTS, &[NOW]),
             },
             refusals: Mutex::default(),
+            callbacks_queued: tokio::sync::Notify::new(),
         }
     }
 
@@ -342,6 +416,25 @@ impl RedisStore {
         TaskStatus::ALL.iter().map(|s| self.status_key(tenant, *s)).collect()
     }
 
+    /// The key of `tenant`'s set of deliveries queued.
+    pub fn callbacks_key(&self, tenant: &str) -> String {
+        format!("{}:callbacks", self.tag(tenant))
+    }
+
+    /// The key of `tenant`'s set of tasks whose callback failed.
+    fn failed_callbacks_key(&self, tenant: &str) -> String {
+        format!("{}:s:cbfailed", self.tag(tenant))
+    }
+
+    /// What a finish script answered: whether it wrote the end, and told
+    /// the deliverer if it queued a delivery.
+    fn finished(&self, answer: i64) -> bool {
+        if answer == 2 {
+            self.callbacks_queued.notify_one();
+        }
+        answer >= 1
+    }
+
     /// Runs START, which moves a task to running.
     async fn to_running(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
         let moved: i64 = self
@@ -368,6 +461,13 @@ impl RedisStore {
             let updated =
                 OffsetDateTime::parse(updated, &time::format_description::well_known::Rfc3339).map_err(corrupt)?;
             task.touch(updated);
+        }
+        if let Some(callback) = &mut task.callback {
+            if let Some(progress) = fields.get("d") {
+                callback.progress = serde_json::from_str(progress).map_err(corrupt)?;
+            } else if task.status.is_terminal() {
+                callback.progress = super::CallbackProgress::QUEUED;
+            }
         }
         if let Some(outcome) = fields.get("o") {
             match task.status {
@@ -456,6 +556,7 @@ impl RedisStore {
         for set in self.sets(tenant) {
             invocation.key(set);
         }
+        invocation.key(self.failed_callbacks_key(tenant));
         invocation.invoke_async(&mut self.redis.clone()).await.map_err(unavailable)
     }
 
@@ -484,6 +585,7 @@ impl TaskStore for RedisStore {
             .arg(id.to_string())
             .arg(idem)
             .arg(claim)
+            .arg(if task.callback.is_some() { "1" } else { "" })
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
@@ -552,7 +654,7 @@ impl TaskStore for RedisStore {
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        Ok(finished == 1)
+        Ok(self.finished(finished))
     }
 
     async fn remove(&self, tenant: &str, id: TaskId) -> Result<bool, StoreError> {
@@ -561,6 +663,7 @@ impl TaskStore for RedisStore {
         for set in self.sets(tenant) {
             invocation.key(set);
         }
+        invocation.key(self.callbacks_key(tenant)).key(self.failed_callbacks_key(tenant));
         let removed: i64 =
             invocation.arg(id.to_string()).invoke_async(&mut self.redis.clone()).await.map_err(unavailable)?;
         if removed == 1 {
@@ -571,6 +674,79 @@ impl TaskStore for RedisStore {
 
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.counts().await?.total() as usize)
+    }
+
+    /// Each tenant's set in turn, until `limit` are claimed.
+    async fn claim_callbacks(&self, lease: Duration, limit: usize) -> Result<Vec<CallbackClaim>, StoreError> {
+        let mut claimed = Vec::new();
+        for tenant in &self.tenants {
+            if claimed.len() >= limit {
+                break;
+            }
+            let answer: Vec<String> = self
+                .scripts
+                .claim_callbacks
+                .key(self.callbacks_key(tenant))
+                .arg(lease.as_millis().max(1) as u64)
+                .arg(limit - claimed.len())
+                .arg(self.tag(tenant))
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(unavailable)?;
+            for pair in answer.chunks_exact(2) {
+                claimed.push(CallbackClaim {
+                    tenant: tenant.clone(),
+                    task_id: TaskId::try_parse(&pair[0]).map_err(corrupt)?,
+                    lease: pair[1].parse().map_err(corrupt)?,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn report_callback(&self, claim: &CallbackClaim, report: CallbackReport) -> Result<bool, StoreError> {
+        let failed = report.progress.state == super::CallbackState::Failed;
+        let written: i64 = self
+            .scripts
+            .report_callback
+            .key(self.key(&claim.tenant, claim.task_id))
+            .key(self.callbacks_key(&claim.tenant))
+            .key(self.failed_callbacks_key(&claim.tenant))
+            .arg(claim.task_id.to_string())
+            .arg(claim.lease)
+            .arg(serde_json::to_string(&report.progress).expect("a callback's progress serialises"))
+            .arg(report.retry_in.map_or(-1, |d| d.as_millis().min(i64::MAX as u128) as i64))
+            .arg(if failed { "1" } else { "" })
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(written == 1)
+    }
+
+    async fn callback_counts(&self) -> Result<CallbackCounts, StoreError> {
+        let each = futures_util::future::try_join_all(self.tenants.iter().map(|tenant| async move {
+            let n: Vec<u64> = self
+                .scripts
+                .callback_counts
+                .key(self.callbacks_key(tenant))
+                .key(self.failed_callbacks_key(tenant))
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(unavailable)?;
+            match n[..] {
+                [pending, failed] => Ok(CallbackCounts { pending, failed }),
+                _ => Err(corrupt("the callback counts script answered with the wrong shape")),
+            }
+        }))
+        .await?;
+        Ok(each.into_iter().fold(CallbackCounts::default(), |all, c| CallbackCounts {
+            pending: all.pending + c.pending,
+            failed: all.failed + c.failed,
+        }))
+    }
+
+    fn callbacks_queued(&self) -> &tokio::sync::Notify {
+        &self.callbacks_queued
     }
 
     /// Every tenant's counts, asked at once (in a Redis Cluster, each on

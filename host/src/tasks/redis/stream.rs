@@ -36,10 +36,10 @@ end
 /// announced; if it was refused, the job's key (written just before)
 /// deleted. KEYS: task, five status sets, stream, job. ARGV: task JSON, ttl
 /// ms, tasks cap, pending cap, id, channel, announcement, idempotency key's
-/// key (or ''), its claim. A submission whose key made a task already (the
+/// key (or ''), its claim, '1' for a callback (or ''). A submission whose key made a task already (the
 /// claim is answered) leaves no job either.
 pub(super) const INSERT_ENQUEUE: &str = r"
-local inserted = insert(ARGV[8], ARGV[9])
+local inserted = insert(ARGV[8], ARGV[9], ARGV[10])
 if type(inserted) == 'string' or inserted < 0 then redis.call('DEL', KEYS[8]) end
 if inserted ~= 1 then return inserted end
 redis.call('XADD', KEYS[7], '*', 'task', ARGV[5])
@@ -73,7 +73,8 @@ return entries
 ";
 
 /// An outcome written by the entry's holder, the entry acknowledged and
-/// deleted with its job, the end announced: 1 written, 0 the task was gone
+/// deleted with its job, the end announced: 1 written (2 with its callback
+/// queued), 0 the task was gone
 /// or ended (the entry is done with all the same), -1 `consumer` does not
 /// hold the entry. KEYS: task, pending, running, target, stream, job.
 /// ARGV: status, updated at, outcome JSON, id, group, entry, consumer,
@@ -101,17 +102,19 @@ return 1
 
 /// Fails the task of an entry delivered at least `max` times, idle at least
 /// `min idle` ms (no host holds it), with its entry and job done: 1 if so,
-/// 0 if the entry is not (or no longer) such. KEYS: task, pending, running,
+/// 0 if the entry is not (or no longer) such (2: failed, its callback
+/// queued). KEYS: task, pending, running,
 /// failed, stream, job. ARGV: updated at, failure JSON, id, group, entry,
 /// min idle ms, max deliveries, channel, announcement.
 pub(super) const FAIL_UNDELIVERED: &str = r"
 local p = redis.call('XPENDING', KEYS[5], ARGV[4], 'IDLE', ARGV[6], ARGV[5], ARGV[5], 1)
 if p[1] == nil or tonumber(p[1][4]) < tonumber(ARGV[7]) then return 0 end
-finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], 'failed', ARGV[1], ARGV[2], ARGV[3])
+local written = finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], 'failed', ARGV[1], ARGV[2], ARGV[3])
 redis.call('XACK', KEYS[5], ARGV[4], ARGV[5])
 redis.call('XDEL', KEYS[5], ARGV[5])
 redis.call('DEL', KEYS[6])
 redis.call('PUBLISH', ARGV[8], ARGV[9])
+if written == 2 then return 2 end
 return 1
 ";
 
@@ -187,7 +190,8 @@ impl RedisStore {
             .arg(channel)
             .arg(announcement)
             .arg(idem)
-            .arg(claim);
+            .arg(claim)
+            .arg(if task.callback.is_some() { "1" } else { "" });
         let mut redis = self.redis.clone();
         let pipelined: redis::RedisResult<((), redis::Value)> = redis::pipe()
             .cmd("SET")
@@ -280,7 +284,10 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(match finished {
-            1 => EntryFinish::Written,
+            1 | 2 => {
+                self.finished(finished);
+                EntryFinish::Written
+            }
             0 => EntryFinish::NoTask,
             _ => EntryFinish::Lost,
         })
@@ -341,6 +348,6 @@ impl RedisStore {
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(unavailable)?;
-        Ok(failed == 1)
+        Ok(self.finished(failed))
     }
 }
