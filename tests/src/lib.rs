@@ -14,8 +14,8 @@ use anyhow::{Context as _, bail};
 
 pub mod http;
 pub mod load;
-pub mod webhooks;
 mod servers;
+pub mod webhooks;
 
 pub use servers::{Connection, RedisCluster, RedisServer};
 

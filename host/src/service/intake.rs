@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{SubmitError, Submission, Submitted};
+use super::{Submission, SubmitError, Submitted};
 use crate::cluster::{Cluster, Delivery, Envelope, StreamClaim};
 use crate::jobs::{Claim, FollowedJobs, Job, JobQueue, JobTracker};
 use crate::metrics::Metrics;

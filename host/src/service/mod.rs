@@ -39,6 +39,10 @@ use intake::JobIntake;
 /// is not told of (a job of the deployment another host may take).
 pub const START_SAMPLE: Duration = Duration::from_millis(500);
 
+/// How long a draining host without Redis waits for the deliveries of the
+/// ends it wrote.
+const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
+
 /// What the service is built from; `matchbox serve`'s flags map onto it.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -500,6 +504,18 @@ impl Matchbox {
         if left > 0 {
             // Cancelled guests stop within an epoch tick; give them a moment.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.sandbox.live().wait_for_zero()).await;
+        }
+        if self.cluster.is_none() {
+            // The ends written here are only here: their callbacks get a
+            // moment to go out (with Redis, another host delivers them).
+            let flush = async {
+                while self.callback_counts().await.is_some_and(|c| c.pending > 0) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            if tokio::time::timeout(WEBHOOK_FLUSH, flush).await.is_err() {
+                tracing::warn!("shutting down with webhook deliveries still pending");
+            }
         }
         tracing::info!("drained");
     }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    CallbackClaim, CallbackCounts, CallbackProgress, CallbackReport, CallbackState, Clock, IdempotencyKey, Inserted, LogLevel, Ranking, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogLine,
-    TaskCallback, TaskLogs, TaskOutcome, TaskStatus, TaskStore, TenantCaps,
+    CallbackClaim, CallbackCounts, CallbackProgress, CallbackReport, CallbackState, Clock, IdempotencyKey, Inserted,
+    LogLevel, Ranking, StoreError, Task, TaskCallback, TaskCounts, TaskEnd, TaskId, TaskLogLine, TaskLogs, TaskOutcome,
+    TaskStatus, TaskStore, TenantCaps,
 };
 use crate::runtime::{FailureKind, JobFailure};
 
@@ -298,9 +299,7 @@ async fn expired_within_grace(store: &dyn TaskStore) {
 async fn callbacks_are_queued_with_the_end_and_leased(store: Arc<dyn TaskStore>) {
     const HOUR: Duration = Duration::from_secs(3600);
     let clock = Clock::new();
-    let hooked = |url: &str| {
-        pending(&*store, &clock).with_callback(Some(TaskCallback::new(url.into(), false)))
-    };
+    let hooked = |url: &str| pending(&*store, &clock).with_callback(Some(TaskCallback::new(url.into(), false)));
     let claim_all = |lease| {
         let store = store.clone();
         async move { store.claim_callbacks(lease, 16).await.unwrap() }
@@ -360,7 +359,8 @@ async fn callbacks_are_queued_with_the_end_and_leased(store: Arc<dyn TaskStore>)
     tokio::time::sleep(Duration::from_millis(400)).await;
     let second = claim_all(HOUR).await;
     assert_eq!(second.len(), 1, "a lapsed lease is claimed again");
-    let delivered = CallbackProgress { state: CallbackState::Delivered, attempts: 2, last_status: Some(204), last_error: None };
+    let delivered =
+        CallbackProgress { state: CallbackState::Delivered, attempts: 2, last_status: Some(204), last_error: None };
     let done = CallbackReport { progress: delivered.clone(), retry_in: None };
     assert!(!store.report_callback(&short[0], done.clone()).await.unwrap(), "the lapsed lease's report is refused");
     assert!(store.report_callback(&second[0], done).await.unwrap());
@@ -378,7 +378,8 @@ async fn callbacks_are_queued_with_the_end_and_leased(store: Arc<dyn TaskStore>)
     }
     let claims = claim_all(HOUR).await;
     let failing_claim = claims.iter().find(|c| c.task_id == failing.task_id).expect("both are due").clone();
-    let gave_up = CallbackProgress { state: CallbackState::Failed, attempts: 1, last_status: Some(410), last_error: None };
+    let gave_up =
+        CallbackProgress { state: CallbackState::Failed, attempts: 1, last_status: Some(410), last_error: None };
     assert!(store.report_callback(&failing_claim, CallbackReport { progress: gave_up, retry_in: None }).await.unwrap());
     assert_eq!(store.callback_counts().await.unwrap(), CallbackCounts { pending: 1, failed: 1 });
     assert!(store.remove(TENANT, failing.task_id).await.unwrap());

@@ -95,8 +95,7 @@ impl MemoryStore {
     /// A table of at most `capacity` tasks, each living `ttl`. Must be called
     /// inside a tokio runtime: it spawns the purge task there.
     pub fn new(capacity: usize, ttl: Duration, clock: Clock, on_expire: OnExpire) -> Self {
-        let shared =
-            Arc::new(Shared {
+        let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake_purge: Notify::new(),
             callbacks_queued: Notify::new(),

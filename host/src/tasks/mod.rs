@@ -19,9 +19,9 @@ mod redis;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use backend::Backend;

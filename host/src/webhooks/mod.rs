@@ -102,9 +102,15 @@ pub struct Deliverer {
 enum Answer {
     Delivered(u16),
     /// Worth another attempt: a network error, a timeout, a 5xx, a 429.
-    Again { status: Option<u16>, error: String },
+    Again {
+        status: Option<u16>,
+        error: String,
+    },
     /// Not worth another.
-    Final { status: Option<u16>, error: String },
+    Final {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 impl Deliverer {
@@ -270,7 +276,10 @@ impl Deliverer {
                 } else if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
                     Answer::Again { status: code, error: format!("the receiver answered {status}") }
                 } else if status.is_redirection() {
-                    Answer::Final { status: code, error: format!("the receiver answered {status}; redirects are not followed") }
+                    Answer::Final {
+                        status: code,
+                        error: format!("the receiver answered {status}; redirects are not followed"),
+                    }
                 } else {
                     Answer::Final { status: code, error: format!("the receiver answered {status}, which is final") }
                 }

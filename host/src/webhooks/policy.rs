@@ -112,7 +112,9 @@ impl AllowRule {
         match self {
             AllowRule::Host { name, suffix: false } => host == name,
             AllowRule::Host { name, suffix: true } => {
-                host.len() > name.len() + 1 && host.ends_with(name.as_str()) && host[..host.len() - name.len()].ends_with('.')
+                host.len() > name.len() + 1
+                    && host.ends_with(name.as_str())
+                    && host[..host.len() - name.len()].ends_with('.')
             }
             _ => false,
         }

@@ -74,8 +74,8 @@ pub use conn::RedisConn;
 pub use stream::{EntryFinish, EntryRef};
 
 use super::{
-    CallbackClaim, CallbackCounts, CallbackReport, IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskResult,
-    TaskStatus, TaskStore, TenantCaps,
+    CallbackClaim, CallbackCounts, CallbackReport, IdempotencyKey, Inserted, StoreError, Task, TaskCounts, TaskEnd,
+    TaskId, TaskLogs, TaskOutcome, TaskResult, TaskStatus, TaskStore, TenantCaps,
 };
 use crate::runtime::JobFailure;
 
