@@ -502,8 +502,13 @@ impl Matchbox {
             tracker.cancel_all();
         }
         if left > 0 {
-            // Cancelled guests stop within an epoch tick; give them a moment.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.sandbox.live().wait_for_zero()).await;
+            // Cancelled guests stop within an epoch tick, and their ends
+            // are written just after; give them a moment.
+            let stopped = async {
+                self.sandbox.live().wait_for_zero().await;
+                tracker.wait_empty().await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), stopped).await;
         }
         if self.cluster.is_none() {
             // The ends written here are only here: their callbacks get a
