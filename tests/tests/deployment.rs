@@ -5,7 +5,8 @@
 //! hosts; tenants are served fairly and held to their quotas across hosts;
 //! a job keeps the component it was accepted for, whose bytes go once
 //! nothing needs them; expiry stops a job wherever it runs; the counts match
-//! the keys. Every scenario runs on both stores (`on_redis::…`,
+//! the keys; each end's webhook is delivered once, by one host, and again
+//! by another when the host delivering it dies. Every scenario runs on both stores (`on_redis::…`,
 //! `on_redis_cluster::…`); a last test kills a cluster primary mid-run.
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use matchbox::tenants::file::{self, NewTenant};
 use matchbox_tests::http::{
     eventually, get, job, jobs_run, live_instances, metric, post, task_status, upload_misbehave,
 };
+use matchbox_tests::webhooks::{Answer, WebhookReceiver};
 use matchbox_tests::{Connection, Host, RedisCluster};
 use serde_json::Value;
 
@@ -89,7 +91,82 @@ on_every_store!(
     matchers_and_long_polls_are_the_deployments,
     one_idempotency_key_makes_one_task_across_hosts,
     an_event_stream_on_any_host_sees_the_end,
+    two_hosts_deliver_each_end_once,
+    a_delivery_outlives_the_host_that_was_making_it,
 );
+
+/// The flags of a host that delivers webhooks to this machine, signed with
+/// `secret`, retrying after a third of a second.
+fn webhook_flags(secret: &str) -> Vec<&str> {
+    vec!["--webhook-secret", secret, "--callback-allow", "127.0.0.1", "--callback-backoff", "300ms"]
+}
+
+/// Sixteen ends written on two hosts, each first answered 500: every end
+/// reaches the receiver exactly twice, the failure and the retry, never
+/// from both hosts at once, and every task shows it delivered.
+async fn two_hosts_deliver_each_end_once(d: Deployment) {
+    let secret = matchbox::webhooks::Secret::generate().unwrap().expose();
+    let receiver =
+        WebhookReceiver::start(&secret, |_, attempt| Answer::Status(if attempt == 1 { 500 } else { 200 })).await;
+    let hosts = [d.host(&webhook_flags(&secret)).await, d.host(&webhook_flags(&secret)).await];
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let mut body = job("skills", &format!("c{i}"));
+        body["callback"] = serde_json::json!({"url": receiver.url("/hook")});
+        ids.push(task_id(&post(&client, hosts[i % 2].url("/jobs/match"), None, &body).await));
+    }
+    receiver.wait_for(32, Duration::from_secs(60)).await;
+    // Longer than a host takes to look again and a retry to come due.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 32, "no end twice: {:?}", got.iter().map(|r| (&r.id, r.attempt)).collect::<Vec<_>>());
+    for id in &ids {
+        let attempts: Vec<_> = got.iter().filter(|r| r.id == *id).map(|r| (r.attempt, r.answer)).collect();
+        assert_eq!(attempts, [(1, Answer::Status(500)), (2, Answer::Status(200))], "{id}");
+        let (_, task) = get(&client, hosts[1].url(&format!("/tasks/{id}")), None).await;
+        assert_eq!(
+            (task["callback"]["state"].as_str(), task["callback"]["attempts"].as_u64()),
+            (Some("delivered"), Some(2)),
+            "{task}"
+        );
+    }
+    assert!(got.iter().all(|r| r.signed));
+}
+
+/// The only host of a deployment is killed while its request to the
+/// receiver is open (the receiver never answers it). Another host started
+/// afterwards claims the delivery once the dead host's lease lapses, and
+/// sends it again with the same `webhook-id`; the receiver answers, and
+/// nothing is sent a third time.
+async fn a_delivery_outlives_the_host_that_was_making_it(d: Deployment) {
+    let secret = matchbox::webhooks::Secret::generate().unwrap().expose();
+    let receiver =
+        WebhookReceiver::start(&secret, |_, attempt| if attempt == 1 { Answer::Hold } else { Answer::Status(200) })
+            .await;
+    let mut flags = webhook_flags(&secret);
+    flags.extend(["--callback-timeout", "1s"]);
+    let doomed = d.host(&flags).await;
+    let client = reqwest::Client::new();
+    let mut body = job("skills", "c1");
+    body["callback"] = serde_json::json!({"url": receiver.url("/hook")});
+    let id = task_id(&post(&client, doomed.url("/jobs/match"), None, &body).await);
+    receiver.wait_for(1, Duration::from_secs(60)).await;
+    drop(doomed); // SIGKILL, its request still open
+
+    let survivor = d.host(&flags).await;
+    let got = receiver.wait_for(2, Duration::from_secs(60)).await;
+    assert_eq!((got[0].id.as_str(), got[1].id.as_str()), (id.as_str(), id.as_str()), "one end, one webhook-id");
+    assert!(got.iter().all(|r| r.signed));
+    assert_eq!(got[0].body, got[1].body);
+    eventually("the survivor to record the delivery", async || {
+        let (_, task) = get(&client, survivor.url(&format!("/tasks/{id}")), None).await;
+        task["callback"]["state"] == "delivered"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 2, "delivered, so not sent again");
+}
 
 /// A task's event stream read on the host that did not accept its job
 /// (and may not run it) ends with the task, wherever it ended.

@@ -151,7 +151,7 @@ impl Deliverer {
     /// Claims and sends deliveries until `stop` fires.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         // A lease outlasts an attempt, with time to write its report.
-        let lease = self.config.timeout + Duration::from_secs(5);
+        let lease = self.config.timeout + Duration::from_secs(2);
         let look_every = LOOK_EVERY.min(self.config.backoff).max(Duration::from_millis(50));
         let mut complained = false;
         loop {
