@@ -24,6 +24,9 @@ async fn service(dir: &tempfile::TempDir) -> Arc<Matchbox> {
         max_postings: 5,
         data_dir: Some(dir.path().join("data")),
         cache_dir: Some(dir.path().join("cache")),
+        webhook_secret: Some(matchbox::webhooks::Secret::generate().unwrap()),
+        // Port 9 on loopback: nothing answers, so deliveries stay pending.
+        callback_allow: vec!["127.0.0.1".parse().unwrap()],
         ..Config::default()
     };
     Matchbox::new(config).await.unwrap()
@@ -186,6 +189,15 @@ async fn real_responses_validate_against_the_document() {
     let id = failed.body["task_id"].as_str().unwrap().to_string();
     calls.push(("post", "/jobs/match", done));
     calls.push(("post", "/jobs/match", failed));
+    let mut called_back: Value = serde_json::from_slice(&job("ada", 1)).unwrap();
+    called_back["callback"] = json!({"url": "http://127.0.0.1:9/hook", "delete_after_delivery": false});
+    let hooked = send(&app, "post", "/jobs/match?wait=30s", json_body(called_back.to_string().into_bytes())).await;
+    assert_eq!(hooked.body["callback"]["url"], "http://127.0.0.1:9/hook", "{}", hooked.body);
+    calls.push(("post", "/jobs/match", hooked));
+    called_back["callback"]["url"] = json!("http://10.0.0.1/hook");
+    let refused = send(&app, "post", "/jobs/match", json_body(called_back.to_string().into_bytes())).await;
+    assert_eq!(refused.body["error"]["code"], "callback_refused", "{}", refused.body);
+    calls.push(("post", "/jobs/match", refused));
     calls.push(("get", "/tasks/{id}", send(&app, "get", &format!("/tasks/{id}"), None).await));
     let stream = send(&app, "get", &format!("/tasks/{id}/events"), None).await;
     assert_eq!(stream.headers[header::CONTENT_TYPE], "text/event-stream");
@@ -254,6 +266,12 @@ async fn real_responses_validate_against_the_document() {
     assert!(violations(&doc, task_schema.as_object().unwrap(), &logged).is_empty());
     logged["logs"]["lines"] = json!([{"level": "loud", "message": "x"}]);
     assert!(!violations(&doc, task_schema.as_object().unwrap(), &logged).is_empty());
+    // So does a job's callback.
+    let mut hooked =
+        calls.iter().find(|(_, _, r)| r.body.get("callback").is_some()).expect("a task with a callback").2.body.clone();
+    assert!(violations(&doc, task_schema.as_object().unwrap(), &hooked).is_empty(), "{hooked}");
+    hooked["callback"]["state"] = json!("lost");
+    assert!(!violations(&doc, task_schema.as_object().unwrap(), &hooked).is_empty());
 
     // The long poll and the store's 503 are documented where they happen.
     let get_task = &doc["paths"]["/tasks/{id}"]["get"];
@@ -450,6 +468,9 @@ async fn requests_generated_from_the_document_are_accepted() {
         max_postings: 6,
         data_dir: Some(dir.path().join("data")),
         cache_dir: Some(dir.path().join("cache")),
+        // Generated jobs may ask for a callback to the document's example.
+        webhook_secret: Some(matchbox::webhooks::Secret::generate().unwrap()),
+        callback_allow: vec!["hooks.example.com".parse().unwrap()],
         ..Config::default()
     })
     .await

@@ -317,7 +317,8 @@ impl reqwest::dns::Resolve for Resolver {
             let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
             // The port is the URL's; the client puts it back on every
             // address it is given.
-            let addrs = resolve(&host, 0).await?;
+            // A name that does not resolve now may later: not a refusal.
+            let addrs = resolve(&host, 0).await.map_err(|e| std::io::Error::other(e.0))?;
             let vouched = policy.names_host(&host);
             let mut refused = None;
             let allowed: Vec<SocketAddr> = addrs
