@@ -32,6 +32,7 @@ where
     expiry_deletes_and_counts_from_creation(make(16, Duration::from_secs(2)).await).await;
     idempotency_keys_make_one_task(make(16, LONG).await).await;
     callbacks_are_queued_with_the_end_and_leased(make(16, LONG).await).await;
+    batches_are_admitted_whole(make(16, LONG).await).await;
 }
 
 /// The tenants the suite uses; a store that must know its tenants is made
@@ -387,4 +388,53 @@ async fn callbacks_are_queued_with_the_end_and_leased(store: Arc<dyn TaskStore>)
     assert_eq!(store.callback_counts().await.unwrap(), CallbackCounts::default());
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(claim_all(Duration::ZERO).await.is_empty(), "a deleted task's delivery is gone with it");
+}
+
+/// A batch is inserted whole or not at all: over a cap, or with an id that
+/// exists, nothing of it is kept.
+async fn batches_are_admitted_whole(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    let caps = TenantCaps { tasks: 5, pending: 4 };
+    let batch = |n: usize| (0..n).map(|_| pending(&*store, &clock)).collect::<Vec<_>>();
+    let first = batch(3);
+    let mut first_with_callback = first.clone();
+    first_with_callback[2].callback = Some(TaskCallback::new("https://hooks.example.com/batch".into(), false));
+    store.insert_batch(first_with_callback, caps).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().pending, 3);
+    for task in &first {
+        assert_eq!(store.get(TENANT, task.task_id).await.unwrap().unwrap().status, TaskStatus::Pending);
+    }
+
+    let over_pending = batch(2);
+    assert_eq!(
+        store.insert_batch(over_pending.clone(), caps).await,
+        Err(StoreError::OverQuota { tenant: TENANT.into(), limit: 4 }),
+        "3 open and 2 more is over 4"
+    );
+    for task in &over_pending {
+        assert_eq!(store.get(TENANT, task.task_id).await.unwrap(), None, "nothing of a refused batch is kept");
+    }
+    store.finish(TENANT, first[0].task_id, TaskOutcome::Cancelled.into()).await.unwrap();
+    store.finish(TENANT, first[1].task_id, TaskOutcome::Cancelled.into()).await.unwrap();
+    let over_tasks = batch(3);
+    assert_eq!(
+        store.insert_batch(over_tasks.clone(), caps).await,
+        Err(StoreError::TenantFull { tenant: TENANT.into(), cap: 5 }),
+        "3 held and 3 more is over 5, however few are open"
+    );
+    assert_eq!(store.get(TENANT, over_tasks[0].task_id).await.unwrap(), None);
+
+    let mut with_existing = batch(1);
+    with_existing.push(first[2].clone());
+    assert_eq!(
+        store.insert_batch(with_existing.clone(), TenantCaps::NONE).await,
+        Err(StoreError::Duplicate(first[2].task_id))
+    );
+    assert_eq!(store.get(TENANT, with_existing[0].task_id).await.unwrap(), None);
+    assert_eq!(store.counts().await.unwrap().total(), 3, "only the first batch is held");
+
+    // A batch's task with a callback has its end delivered like any other.
+    store.finish(TENANT, first[2].task_id, TaskOutcome::Cancelled.into()).await.unwrap();
+    let claimed = store.claim_callbacks(Duration::from_secs(60), 16).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.task_id).collect::<Vec<_>>(), [first[2].task_id]);
 }

@@ -127,19 +127,43 @@ impl Drop for MemoryStore {
 impl State {
     /// Why `tenant` may not add a task now, if it may not.
     fn refusal(&self, tenant: &str, caps: TenantCaps, capacity: usize) -> Option<StoreError> {
+        self.refusal_of(1, tenant, caps, capacity)
+    }
+
+    /// Why `tenant` may not add `n` tasks now, if it may not.
+    fn refusal_of(&self, n: usize, tenant: &str, caps: TenantCaps, capacity: usize) -> Option<StoreError> {
         let held = self.held.get(tenant).copied().unwrap_or_default();
-        if held.tasks >= caps.tasks {
+        if held.tasks.saturating_add(n) > caps.tasks {
             return Some(StoreError::TenantFull { tenant: tenant.to_string(), cap: caps.tasks });
         }
-        if held.open >= caps.pending {
+        if held.open.saturating_add(n) > caps.pending {
             return Some(StoreError::OverQuota { tenant: tenant.to_string(), limit: caps.pending });
         }
         // The tenants' caps add up to at most the table's capacity, so this
         // is the last resort of a host configured without them.
-        if self.tasks.len() >= capacity {
+        if self.tasks.len().saturating_add(n) > capacity {
             return Some(StoreError::Full { capacity });
         }
         None
+    }
+
+    /// Adds a pending task whose admission was checked; whether it is the
+    /// earliest to expire (the purge must be told).
+    fn admit(&mut self, task: Task, expires: Instant, key: Option<&IdempotencyKey>) -> bool {
+        let id = task.task_id;
+        // Only an entry that becomes the earliest changes when the purge
+        // must wake; with one TTL for all, that is only the first one.
+        let earliest = self.expirations.first().is_none_or(|&(when, _)| expires < when);
+        self.by_status.add(task.status);
+        let held = self.held.entry(task.tenant.clone()).or_default();
+        held.tasks += 1;
+        held.open += 1;
+        if let Some(key) = key {
+            self.keys.insert((task.tenant.clone(), key.key.clone()), (id, key.fingerprint.clone()));
+        }
+        self.tasks.insert(id, Entry { task, expires, key: key.map(|k| k.key.clone()), callback_due: None });
+        self.expirations.insert((expires, id));
+        earliest
     }
 
     /// The task `tenant`'s `key` made, if it lives; refused if another
@@ -244,23 +268,35 @@ impl TaskStore for MemoryStore {
         if let Some(refused) = state.refusal(&task.tenant, caps, self.capacity) {
             return Err(refused);
         }
-        // Only an entry that becomes the earliest changes when the purge
-        // must wake; with one TTL for all, that is only the first one.
-        let earliest = state.expirations.first().is_none_or(|&(when, _)| expires < when);
-        state.by_status.add(task.status);
-        let held = state.held.entry(task.tenant.clone()).or_default();
-        held.tasks += 1;
-        held.open += 1;
-        if let Some(key) = key {
-            state.keys.insert((task.tenant.clone(), key.key.clone()), (id, key.fingerprint.clone()));
-        }
-        state.tasks.insert(id, Entry { task, expires, key: key.map(|k| k.key.clone()), callback_due: None });
-        state.expirations.insert((expires, id));
+        let earliest = state.admit(task, expires, key);
         drop(state);
         if earliest {
             self.shared.wake_purge.notify_one();
         }
         Ok(Inserted::New)
+    }
+
+    async fn insert_batch(&self, tasks: Vec<Task>, caps: TenantCaps) -> Result<(), StoreError> {
+        let Some(first) = tasks.first() else { return Ok(()) };
+        let tenant = first.tenant.clone();
+        assert!(tasks.iter().all(|t| t.tenant == tenant), "a batch is one tenant's");
+        let expires = Instant::now() + self.ttl;
+        let mut state = self.shared.state.lock().unwrap();
+        if let Some(task) = tasks.iter().find(|t| state.tasks.contains_key(&t.task_id)) {
+            return Err(StoreError::Duplicate(task.task_id));
+        }
+        if let Some(refused) = state.refusal_of(tasks.len(), &tenant, caps, self.capacity) {
+            return Err(refused);
+        }
+        let mut earliest = false;
+        for task in tasks {
+            earliest |= state.admit(task, expires, None);
+        }
+        drop(state);
+        if earliest {
+            self.shared.wake_purge.notify_one();
+        }
+        Ok(())
     }
 
     async fn find_key(&self, tenant: &str, key: &IdempotencyKey) -> Result<Option<TaskId>, StoreError> {

@@ -421,6 +421,11 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Two inserts with one key make one task.
     async fn insert(&self, task: Task, caps: TenantCaps, key: Option<&IdempotencyKey>) -> Result<Inserted, StoreError>;
 
+    /// Adds every one of `tasks` (all of one tenant) as pending, or none:
+    /// refused as a whole if the table or the tenant's caps cannot take
+    /// them all, or if any id exists; nothing is changed then.
+    async fn insert_batch(&self, tasks: Vec<Task>, caps: TenantCaps) -> Result<(), StoreError>;
+
     /// The task `tenant`'s `key` made, if it still lives; `KeyReused` if it
     /// was made for another fingerprint. A hint to answer a retry before
     /// anything else is checked; `insert` decides for real.

@@ -111,6 +111,7 @@ struct Scripts {
     claim_callbacks: Script,
     report_callback: Script,
     callback_counts: Script,
+    insert_batch: Script,
 }
 
 /// The time on Redis's clock, in ms, as every script reads it.
@@ -166,6 +167,43 @@ end
 /// (the same TTL; REMOVE deletes it with the task, named in its `k`), in the
 /// tenant's hash slot, so the key and its task move together.
 const INSERT: &str = "return insert(ARGV[6], ARGV[7], ARGV[8])";
+
+/// Inserts a batch of one tenant's tasks, all or none: 1 inserted, -1
+/// tasks cap, -2 pending cap, -100 - i the i-th task's id exists; on a refusal the batch's job keys
+/// (if any) are deleted. KEYS: the five status sets, the tenant's stream,
+/// then the `n` task keys, then the `n` job keys when enqueueing. ARGV: ttl
+/// ms, tasks cap, pending cap, n, channel, announcement (both '' when not
+/// enqueueing), then per task its id, JSON and callback flag ('1' or '').
+/// Enqueueing, each task's job entry is appended and the work announced.
+const INSERT_BATCH: &str = r"
+local n = tonumber(ARGV[4])
+local enqueue = ARGV[5] ~= ''
+local function refuse(code)
+  if enqueue then for i = 1, n do redis.call('DEL', KEYS[6 + n + i]) end end
+  return code
+end
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[6 + i]) == 1 then return refuse(-100 - i) end
+end
+local t = now()
+local live = '(' .. t
+local open = redis.call('ZCOUNT', KEYS[1], live, '+inf') + redis.call('ZCOUNT', KEYS[2], live, '+inf')
+local held = open
+for i = 3, 5 do held = held + redis.call('ZCOUNT', KEYS[i], live, '+inf') end
+if held + n > tonumber(ARGV[2]) then return refuse(-1) end
+if open + n > tonumber(ARGV[3]) then return refuse(-2) end
+local expires = t + tonumber(ARGV[1])
+for i = 1, n do
+  local task, a = KEYS[6 + i], 7 + (i - 1) * 3
+  redis.call('HSET', task, 'j', ARGV[a + 1], 's', 'pending', 'x', expires)
+  if ARGV[a + 2] == '1' then redis.call('HSET', task, 'w', '1') end
+  redis.call('PEXPIRE', task, ARGV[1])
+  redis.call('ZADD', KEYS[1], expires, ARGV[a])
+  if enqueue then redis.call('XADD', KEYS[6], '*', 'task', ARGV[a]) end
+end
+if enqueue then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return 1
+";
 
 /// Moves member `id` from set `from` to set `to` with score `expires`
 /// (the hash's `x`; for a task written before it kept one, the member's
@@ -385,6 +423,7 @@ impl RedisStore {
                 claim_callbacks: script(CLAIM_CALLBACKS, &[NOW]),
                 report_callback: script(REPORT_CALLBACK, &[NOW]),
                 callback_counts: script(CALLBACK_COUNTS, &[NOW]),
+                insert_batch: script(INSERT_BATCH, &[NOW]),
             },
             refusals: Mutex::default(),
             callbacks_queued: tokio::sync::Notify::new(),
@@ -543,6 +582,77 @@ impl RedisStore {
         Err(refused)
     }
 
+    /// Runs INSERT_BATCH for `tasks`, all of one tenant; with `enqueue`
+    /// (each task's job, in order, the channel and the announcement), the
+    /// jobs' keys are written first and their entries appended by the
+    /// script.
+    pub(super) async fn insert_batch_with(
+        &self,
+        tasks: Vec<Task>,
+        caps: TenantCaps,
+        enqueue: Option<(&[String], &str, &str)>,
+    ) -> Result<(), StoreError> {
+        let Some(first) = tasks.first() else { return Ok(()) };
+        let tenant = first.tenant.clone();
+        assert!(tasks.iter().all(|t| t.tenant == tenant), "a batch is one tenant's");
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.task_id).collect();
+        let ttl = self.ttl.as_millis().max(1) as u64;
+        let mut invocation = self.scripts.insert_batch.prepare_invoke();
+        for set in self.sets(&tenant) {
+            invocation.key(set);
+        }
+        invocation.key(self.stream_key(&tenant));
+        for task in &tasks {
+            invocation.key(self.key(&tenant, task.task_id));
+        }
+        let (channel, announcement) = enqueue.map_or(("", ""), |(_, c, a)| (c, a));
+        invocation
+            .arg(ttl)
+            .arg(caps.tasks.min(i64::MAX as usize))
+            .arg(caps.pending.min(i64::MAX as usize))
+            .arg(tasks.len())
+            .arg(channel)
+            .arg(announcement);
+        for task in &tasks {
+            invocation
+                .arg(task.task_id.to_string())
+                .arg(serde_json::to_string(task).expect("a task serialises"))
+                .arg(if task.callback.is_some() { "1" } else { "" });
+        }
+        let mut redis = self.redis.clone();
+        let answer: i64 = match enqueue {
+            None => invocation.invoke_async(&mut redis).await.map_err(unavailable)?,
+            Some((jobs, _, _)) => {
+                // The jobs' bytes never pass through Lua (see stream.rs):
+                // written first, with the tasks' TTL, deleted by the script
+                // if it refuses the batch.
+                let mut pipe = redis::pipe();
+                for (task, job) in tasks.iter().zip(jobs) {
+                    let key = self.job_key(&tenant, task.task_id);
+                    invocation.key(&key);
+                    pipe.cmd("SET").arg(key).arg(job).arg("PX").arg(ttl).ignore();
+                }
+                pipe.query_async::<()>(&mut redis).await.map_err(unavailable)?;
+                invocation.invoke_async(&mut redis).await.map_err(unavailable)?
+            }
+        };
+        let refused = match answer {
+            1 => {
+                self.refusals.lock().unwrap().remove(&tenant);
+                return Ok(());
+            }
+            -1 => StoreError::TenantFull { tenant: tenant.clone(), cap: caps.tasks },
+            -2 => StoreError::OverQuota { tenant: tenant.clone(), limit: caps.pending },
+            code => {
+                let existing = usize::try_from(-100 - code).ok().and_then(|i| ids.get(i.checked_sub(1)?));
+                let existing = existing.ok_or_else(|| corrupt(format!("a batch insert answered {code}")))?;
+                return Err(StoreError::Duplicate(*existing));
+            }
+        };
+        self.remember_refusal(&tenant, &refused);
+        Err(refused)
+    }
+
     /// Forgets a refusal of `tenant`'s: one of its tasks ended or went, so
     /// the next insert may well fit.
     pub fn forget_refusal(&self, tenant: &str) {
@@ -590,6 +700,10 @@ impl TaskStore for RedisStore {
             .await
             .map_err(unavailable)?;
         self.inserted(&task.tenant, id, caps, key, inserted)
+    }
+
+    async fn insert_batch(&self, tasks: Vec<Task>, caps: TenantCaps) -> Result<(), StoreError> {
+        self.insert_batch_with(tasks, caps, None).await
     }
 
     async fn find_key(&self, tenant: &str, key: &IdempotencyKey) -> Result<Option<TaskId>, StoreError> {

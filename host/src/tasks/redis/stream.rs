@@ -215,6 +215,22 @@ impl RedisStore {
         self.inserted(&task.tenant, id, caps, key, inserted)
     }
 
+    /// Inserts `tasks` (all of one tenant) as [`super::TaskStore::insert_batch`]
+    /// does, all or none, and in the same script appends each one's entry
+    /// (with its job, `jobs` in order) to the tenant's stream and publishes
+    /// `announcement` on `channel`.
+    pub async fn insert_batch_and_enqueue(
+        &self,
+        tasks: Vec<Task>,
+        caps: TenantCaps,
+        jobs: &[String],
+        channel: &str,
+        announcement: &str,
+    ) -> Result<(), StoreError> {
+        assert_eq!(tasks.len(), jobs.len(), "a job per task");
+        self.insert_batch_with(tasks, caps, Some((jobs, channel, announcement))).await
+    }
+
     /// The jobs of `tenant`'s tasks `ids`, in order; `None` where a task's
     /// job is gone (the task expired or was deleted).
     pub async fn jobs(&self, tenant: &str, ids: &[TaskId]) -> Result<Vec<Option<String>>, StoreError> {
