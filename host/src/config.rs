@@ -116,6 +116,10 @@ pub struct Config {
     #[arg(long, env = "MATCHBOX_MAX_POSTINGS", default_value = "10000", value_parser = parse_count)]
     pub max_postings: usize,
 
+    /// Most jobs in one `POST /jobs/batch`; past it, 413.
+    #[arg(long, env = "MATCHBOX_MAX_BATCH", default_value = "100", value_parser = parse_count)]
+    pub max_batch: usize,
+
     /// Longest `?wait=` a client may ask for.
     #[arg(long, env = "MATCHBOX_MAX_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub max_wait: Duration,
@@ -285,6 +289,7 @@ impl From<Config> for Settings {
                 header_timeout: config.header_timeout,
                 body_timeout: config.body_timeout,
                 max_connections: config.max_connections,
+                max_batch: config.max_batch,
             },
         }
     }

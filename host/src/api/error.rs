@@ -59,6 +59,12 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// This error, as the `index`-th job of a batch's.
+    pub fn in_job(mut self, index: usize) -> Self {
+        self.message = format!("jobs[{index}]: {}", self.message);
+        self
+    }
+
     fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -163,6 +169,7 @@ impl From<SubmitError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "callback_unsigned", err.to_string())
             }
             SubmitError::Store(err) => err.into(),
+            SubmitError::InBatch { index, source } => ApiError::from(*source).in_job(index),
         }
     }
 }

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 pub use serve::{BodyTimedOut, ServeLimits, serve};
-use types::{Accepted, Caps, MatchRequest};
+use types::{Accepted, BatchAccepted, BatchRequest, Caps, MatchRequest};
 
 use crate::metrics::View;
 use crate::registry::MatcherSummary;
@@ -90,6 +90,7 @@ fn routes(max_component_size: usize) -> OpenApiRouter<AppState> {
     let (schemas, paths, matcher) = routes!(get_matcher, upload_matcher, remove_matcher);
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(submit))
+        .routes(routes!(submit_batch))
         .routes(routes!(get_task, delete_task))
         .routes(routes!(events::task_events))
         .routes(routes!(list_matchers))
@@ -106,7 +107,7 @@ fn routes(max_component_size: usize) -> OpenApiRouter<AppState> {
 /// the API enforces stated from `limits` (see [`types::state_rules`]).
 pub fn openapi(limits: &crate::service::HttpLimits) -> serde_json::Value {
     let mut doc = serde_json::to_value(routes(0).into_openapi()).expect("the OpenAPI document serialises");
-    types::state_rules(&mut doc, limits.max_postings, limits.max_wait, limits.max_component_size);
+    types::state_rules(&mut doc, limits);
     doc
 }
 
@@ -240,14 +241,66 @@ async fn submit(
         }
         None => task,
     };
-    let accepted = Accepted {
-        task_id: task.task_id,
-        status: task.status,
-        matcher: task.matcher,
-        created_at: task.created_at,
-        expires_at: task.expires_at,
-    };
-    Ok((StatusCode::ACCEPTED, headers, Json(accepted)).into_response())
+    Ok((StatusCode::ACCEPTED, headers, Json(Accepted::of(task))).into_response())
+}
+
+/// Submit a batch of matching jobs, admitted whole.
+#[utoipa::path(post, path = "/jobs/batch", tag = "jobs", request_body = BatchRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Every job accepted, each its own task; the tasks in the order of the jobs",
+            body = BatchAccepted),
+        (status = 400, description = "Malformed JSON, or an Idempotency-Key (taken on /jobs/match only)", body = ErrorBody),
+        (status = 401, description = "No key or a wrong one", body = ErrorBody),
+        (status = 413, description = "More jobs than --max-batch, or a job's list or string over its cap (the \
+            message names the job: jobs[i])", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "A job refused as /jobs/match would refuse it (the message names it: jobs[i]); \
+            nothing of the batch is accepted", body = ErrorBody),
+        (status = 429, description = "The queue, the table or the tenant's quota cannot take the whole batch; \
+            nothing of it is accepted", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the task store cannot answer", body = ErrorBody),
+    ))]
+async fn submit_batch(
+    State(app): State<AppState>,
+    Caller(tenant): Caller,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    if request.headers().contains_key(types::IDEMPOTENCY_KEY) {
+        return Err(ApiError::bad_request(
+            "idempotency_key_unsupported",
+            "Idempotency-Key is taken on POST /jobs/match only: to retry jobs safely after a network error, \
+             submit them one by one, each with its key",
+        ));
+    }
+    app.may_accept(&tenant)?;
+    let ApiJson(batch) = ApiJson::<BatchRequest>::from_request(request, &app)
+        .await
+        .map_err(|e| e.body_cap("--max-body", app.http_limits().max_body))?;
+    let n = batch.jobs.len();
+    let max = app.http_limits().max_batch;
+    if n > max {
+        return Err(ApiError::too_large(format!("jobs has {n} items; the cap is {max} (--max-batch)")));
+    }
+    if n == 0 {
+        return Err(ApiError::invalid("jobs must not be empty"));
+    }
+    let caps = Caps { max_postings: tenant.quotas.postings };
+    let mut submissions = Vec::with_capacity(n);
+    for (index, mut job) in batch.jobs.into_iter().enumerate() {
+        let callback = job.callback.take().map(CallbackRequest::from);
+        let (matcher, input) = job.into_job(&caps).map_err(|e| e.in_job(index))?;
+        submissions.push(Submission { matcher, input, key: None, callback });
+    }
+    let tasks = app.submit_batch(&tenant, submissions).await.map_err(|e| {
+        let mut error = ApiError::from(e);
+        if error.status == StatusCode::TOO_MANY_REQUESTS {
+            error.message = format!("a batch is admitted whole, and this one of {n} jobs is refused: {}", error.message);
+        }
+        error
+    })?;
+    let tasks = tasks.into_iter().map(Accepted::of).collect();
+    Ok((StatusCode::ACCEPTED, Json(BatchAccepted { tasks })).into_response())
 }
 
 fn parse_wait(raw: &str, max: Duration) -> Result<Duration, ApiError> {

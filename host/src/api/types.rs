@@ -154,6 +154,33 @@ pub struct Accepted {
     pub expires_at: OffsetDateTime,
 }
 
+impl Accepted {
+    pub fn of(task: crate::tasks::Task) -> Self {
+        Accepted {
+            task_id: task.task_id,
+            status: task.status,
+            matcher: task.matcher,
+            created_at: task.created_at,
+            expires_at: task.expires_at,
+        }
+    }
+}
+
+/// `POST /jobs/batch`: jobs as `POST /jobs/match` takes them, each its own
+/// task, admitted together or not at all.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub jobs: Vec<MatchRequest>,
+}
+
+/// The answer to an accepted batch (202): its tasks, in the order of its
+/// jobs.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchAccepted {
+    pub tasks: Vec<Accepted>,
+}
+
 /// The header a client retries a submission with, safely.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest idempotency key.
@@ -343,13 +370,9 @@ const NOT_BLANK: &str = "\\S";
 /// `?wait=` syntax, the upload's size cap. The two rules JSON Schema cannot
 /// state (posting ids unique within a job; `salary_min` at most
 /// `salary_max`) are in the fields' descriptions.
-pub fn state_rules(
-    doc: &mut serde_json::Value,
-    max_postings: usize,
-    max_wait: std::time::Duration,
-    max_component_size: usize,
-) {
+pub fn state_rules(doc: &mut serde_json::Value, limits: &crate::service::HttpLimits) {
     use serde_json::json;
+    let crate::service::HttpLimits { max_postings, max_wait, max_component_size, max_batch, .. } = *limits;
     let id = json!({"minLength": 1, "maxLength": MAX_ID_BYTES, "pattern": NOT_BLANK});
     let name = json!({"minLength": 1, "maxLength": MAX_NAME_BYTES, "pattern": NOT_BLANK});
     let short = json!({"maxLength": MAX_NAME_BYTES});
@@ -396,6 +419,7 @@ pub fn state_rules(
         ("PostingIn", "salary_max", salary),
         ("OptionsIn", "top_k", json!({"minimum": 1, "maximum": MAX_TOP_K})),
         ("OptionsIn", "min_score", range(0.0, 1.0)),
+        ("BatchRequest", "jobs", json!({"minItems": 1, "maxItems": max_batch})),
         (
             "CallbackIn",
             "url",

@@ -247,6 +247,28 @@ impl Cluster {
         self.store.insert_and_enqueue(task, caps, key, &job, &self.events_channel(), &announcement).await
     }
 
+    /// Puts a batch of one tenant's tasks and their jobs in Redis, all or
+    /// none, in one script: [`Cluster::publish`] for many.
+    pub async fn publish_batch(
+        &self,
+        tasks: Vec<Task>,
+        caps: TenantCaps,
+        envelopes: &[Envelope],
+    ) -> Result<(), StoreError> {
+        let Some(first) = envelopes.first() else { return Ok(()) };
+        let ttl = crate::tasks::TaskStore::ttl(&*self.store);
+        for envelope in envelopes {
+            if envelope.uploaded
+                && let Some(digest) = envelope.matcher.digest()
+            {
+                self.need_component(digest, &envelope.tenant, envelope.task_id, ttl).await?;
+            }
+        }
+        let jobs: Vec<String> = envelopes.iter().map(|e| serde_json::to_string(e).expect("a job serialises")).collect();
+        let announcement = format!("work {}", first.tenant);
+        self.store.insert_batch_and_enqueue(tasks, caps, &jobs, &self.events_channel(), &announcement).await
+    }
+
     /// Makes sure `tenant`'s stream and its consumer group exist.
     async fn join(&self, tenant: &str) -> Result<(), StoreError> {
         if self.joined.lock().unwrap().contains(tenant) {

@@ -104,6 +104,17 @@ impl<T> JobQueue<T> {
         Some(Slot { queue: self, filled: false })
     }
 
+    /// Places for `n` items at once, or none if the queue has not room for
+    /// them all (a batch is admitted whole).
+    pub fn reserve_many(&self, n: usize) -> Option<Vec<Slot<'_, T>>> {
+        let mut state = self.state.lock().unwrap();
+        if state.closed || state.queued + state.reserved + n > self.capacity {
+            return None;
+        }
+        state.reserved += n;
+        Some((0..n).map(|_| Slot { queue: self, filled: false }).collect())
+    }
+
     /// The next job, by turns over the lanes that may run one more, waiting
     /// for one; `None` once the queue is closed.
     pub async fn pop(&self) -> Option<(T, Running<T>)> {
@@ -243,6 +254,22 @@ mod tests {
         assert_eq!(q.pop().await.unwrap().0, 1);
         assert_eq!(q.pop().await.unwrap().0, 2);
         assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_gets_room_for_all_or_none() {
+        let q = JobQueue::new(3);
+        let one = q.reserve().unwrap();
+        assert!(q.reserve_many(3).is_none(), "one place taken, three asked");
+        let two = q.reserve_many(2).unwrap();
+        assert!(q.reserve().is_none());
+        drop(one);
+        drop(two);
+        let three = q.reserve_many(3).unwrap();
+        for (i, slot) in three.into_iter().enumerate() {
+            slot.push(&lane("t"), 8, i);
+        }
+        assert_eq!(q.len(), 3);
     }
 
     #[tokio::test]

@@ -100,6 +100,91 @@ impl JobIntake {
         Ok(submitted.expect("a local submission creates its task"))
     }
 
+    /// A batch of jobs submitted to this host by `tenant`, each with its
+    /// callback checked: every one accepted, in order, or none. The checks
+    /// of a single job cover the whole batch: every matcher resolved, room
+    /// in the queue (or, with a deployment, the table) for all, the
+    /// tenant's caps counted for all.
+    pub(super) async fn submit_batch(
+        &self,
+        tenant: &Arc<Tenant>,
+        jobs: Vec<(Submission, Option<TaskCallback>)>,
+    ) -> Result<Vec<Task>, SubmitError> {
+        self.may_accept(tenant)?;
+        let mut matchers = Vec::with_capacity(jobs.len());
+        for (index, (submission, _)) in jobs.iter().enumerate() {
+            let reference = submission.matcher.clone().unwrap_or_else(|| MatcherRef::named(DEFAULT_MATCHER));
+            let matcher = self.matcher_for(tenant, &reference, false).await.map_err(|e| e.in_batch(index))?;
+            matchers.push(matcher);
+        }
+        let tasks: Vec<Task> = jobs
+            .iter()
+            .zip(&matchers)
+            .map(|((_, callback), matcher)| {
+                Task::pending(
+                    self.clock.new_task_id(),
+                    tenant.name.to_string(),
+                    matcher.name.clone(),
+                    self.clock.now(),
+                    self.store.ttl(),
+                )
+                .with_callback(callback.clone())
+            })
+            .collect();
+        if let Some(cluster) = &self.cluster {
+            let envelopes: Vec<Envelope> = jobs
+                .into_iter()
+                .zip(&matchers)
+                .zip(&tasks)
+                .map(|(((submission, _), matcher), task)| Envelope {
+                    tenant: tenant.name.to_string(),
+                    task_id: task.task_id,
+                    matcher: matcher.pinned(),
+                    uploaded: matcher.source == crate::registry::Source::Uploaded,
+                    input: submission.input,
+                })
+                .collect();
+            cluster.publish_batch(tasks.clone(), tenant.caps(), &envelopes).await.map_err(|e| self.refused(e))?;
+            for task in &tasks {
+                let _ = self.followed.follow(&tenant.name, task.task_id);
+            }
+            tracing::debug!(jobs = tasks.len(), tenant = %tenant.name, "batch accepted into the stream");
+            return Ok(tasks);
+        }
+
+        let slots = self.queue.reserve_many(tasks.len()).ok_or(SubmitError::QueueFull(self.queue.capacity()))?;
+        // Tracked before they are stored, so an expiry can never miss one.
+        let cancels: Vec<CancellationToken> =
+            tasks.iter().map(|task| self.tracker.track(&tenant.name, task.task_id).0).collect();
+        if let Err(err) = self.store.insert_batch(tasks.clone(), tenant.caps()).await {
+            for task in &tasks {
+                self.tracker.finished(task.task_id);
+            }
+            return Err(self.refused(err).into());
+        }
+        if let Ok(held) = self.store.count().await {
+            self.metrics.observe_table(held as u64);
+        }
+        for ((((slot, task), (submission, _)), matcher), cancel) in
+            slots.into_iter().zip(&tasks).zip(jobs).zip(matchers).zip(cancels)
+        {
+            let span = tracing::info_span!("task", task_id = %task.task_id, tenant = %tenant.name, matcher = %matcher.name);
+            let job = Job {
+                task_id: task.task_id,
+                tenant: tenant.name.clone(),
+                claim: None,
+                matcher,
+                input: submission.input,
+                limits: tenant.job_limits(),
+                cancel,
+                span,
+            };
+            slot.push(&tenant.name, tenant.quotas.concurrent_jobs, job);
+        }
+        tracing::debug!(jobs = tasks.len(), tenant = %tenant.name, "batch accepted");
+        Ok(tasks)
+    }
+
     /// The live task `tenant`'s `key` made, as a replayed submission.
     async fn existing(&self, tenant: &Tenant, key: &IdempotencyKey) -> Result<Option<Submitted>, SubmitError> {
         let Some(id) = self.store.find_key(&tenant.name, key).await? else { return Ok(None) };

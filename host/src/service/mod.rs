@@ -92,6 +92,8 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Connections held at once on the API's listener.
     pub max_connections: usize,
+    /// Most jobs in one `POST /jobs/batch`.
+    pub max_batch: usize,
 }
 
 /// A job as a client submits it.
@@ -142,6 +144,16 @@ pub enum SubmitError {
     CallbackUnsigned,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// One job of a batch is refused, and with it the batch.
+    #[error("jobs[{index}]: {source}")]
+    InBatch { index: usize, source: Box<SubmitError> },
+}
+
+impl SubmitError {
+    /// This refusal, as one of the `index`-th job of a batch.
+    pub fn in_batch(self, index: usize) -> SubmitError {
+        SubmitError::InBatch { index, source: Box::new(self) }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +297,18 @@ impl Matchbox {
     pub async fn submit(&self, tenant: &Arc<Tenant>, submission: Submission) -> Result<Submitted, SubmitError> {
         let callback = self.callback(tenant, submission.callback.as_ref()).await?;
         self.intake.submit(tenant, submission, callback).await
+    }
+
+    /// Accepts `tenant`'s batch of jobs, each its own task, in order: all
+    /// or none (the caps, the queue and the table checked for the whole
+    /// batch). An idempotency key is not taken on a batch.
+    pub async fn submit_batch(&self, tenant: &Arc<Tenant>, jobs: Vec<Submission>) -> Result<Vec<Task>, SubmitError> {
+        let mut checked = Vec::with_capacity(jobs.len());
+        for (index, submission) in jobs.into_iter().enumerate() {
+            let callback = self.callback(tenant, submission.callback.as_ref()).await.map_err(|e| e.in_batch(index))?;
+            checked.push((submission, callback));
+        }
+        self.intake.submit_batch(tenant, checked).await
     }
 
     /// The callback a job asked for, checked: the tenant can sign it and
