@@ -32,11 +32,19 @@ pub struct Connection {
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// A JSON file holding the candidate.
-    #[arg(long)]
-    pub candidate: PathBuf,
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    pub candidate: Option<PathBuf>,
     /// A JSON file holding an array of postings.
-    #[arg(long)]
-    pub postings: PathBuf,
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    pub postings: Option<PathBuf>,
+    /// A file of jobs, one JSON object per line, each as `POST /jobs/match`
+    /// takes it: submitted with `POST /jobs/batch`, then followed to their
+    /// ends with a progress bar, and summed up in a table.
+    #[arg(long, value_name = "JSONL")]
+    pub batch: Option<PathBuf>,
+    /// Jobs per `POST /jobs/batch` (at most the server's `--max-batch`).
+    #[arg(long, default_value_t = 100, requires = "batch", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
     /// The matcher (`name` or `name@sha256:...`); the server's default if absent.
     #[arg(long)]
     pub matcher: Option<String>,
@@ -142,9 +150,15 @@ pub fn read_json(path: &std::path::Path) -> Result<Value, Failure> {
 }
 
 pub async fn submit(conn: Connection, args: SubmitArgs) -> Result<(), Failure> {
+    if let Some(file) = &args.batch {
+        return submit_batch(conn, file, args.batch_size as usize).await;
+    }
     let json_out = conn.json;
     let client = Client::new(conn);
-    let mut body = json!({ "candidate": read_json(&args.candidate)?, "postings": read_json(&args.postings)? });
+    let (Some(candidate), Some(postings)) = (&args.candidate, &args.postings) else {
+        return Err(failure(exit::LOCAL, "give --candidate and --postings, or --batch"));
+    };
+    let mut body = json!({ "candidate": read_json(candidate)?, "postings": read_json(postings)? });
     if let Some(m) = &args.matcher {
         body["matcher"] = json!(m);
     }
@@ -168,6 +182,183 @@ pub async fn submit(conn: Connection, args: SubmitArgs) -> Result<(), Failure> {
     }
     let task = wait_for(&client, &id).await?;
     show_task(&task, json_out)
+}
+
+/// Jobs followed at once by `submit --batch`.
+const FOLLOWED_AT_ONCE: usize = 16;
+
+/// `submit --batch`: the file's jobs in batches of `size`, then every task
+/// followed to its end, then a table (or, with `--json`, the tasks).
+async fn submit_batch(conn: Connection, file: &std::path::Path, size: usize) -> Result<(), Failure> {
+    let json_out = conn.json;
+    let client = std::sync::Arc::new(Client::new(conn));
+    let jobs = read_lines(file)?;
+    if jobs.is_empty() {
+        return Err(failure(exit::LOCAL, format!("{}: no jobs in the file", file.display())));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(jobs.len());
+    for (chunk, batch) in jobs.chunks(size).enumerate() {
+        let sent = client.send(client.http.post(client.url("/jobs/batch")).json(&json!({ "jobs": batch }))).await;
+        let accepted = sent.map_err(|mut refused| {
+            // The server names the job within its batch; say which line.
+            let first = chunk * size;
+            refused.message = format!(
+                "lines {}-{} (a batch): {}{}",
+                first + 1,
+                first + batch.len(),
+                refused.message,
+                if ids.is_empty() { String::new() } else { format!("; {} jobs before them were accepted", ids.len()) }
+            );
+            refused
+        })?;
+        for task in accepted["tasks"].as_array().into_iter().flatten() {
+            ids.push(task["task_id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let mut progress = Progress::new(ids.len());
+    progress.show();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FOLLOWED_AT_ONCE));
+    let mut following = tokio::task::JoinSet::new();
+    for (index, id) in ids.iter().cloned().enumerate() {
+        let (client, slots) = (client.clone(), slots.clone());
+        following.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (index, wait_quietly(&client, &id).await)
+        });
+    }
+    let mut ends: Vec<Option<Result<Value, String>>> = vec![None; ids.len()];
+    while let Some(joined) = following.join_next().await {
+        let (index, end) = joined.map_err(|e| failure(exit::LOCAL, format!("following a task: {e}")))?;
+        ends[index] = Some(end);
+        progress.ended();
+    }
+    progress.clear();
+    let tasks: Vec<(String, Result<Value, String>)> =
+        ids.into_iter().zip(ends).map(|(id, end)| (id, end.expect("every task followed"))).collect();
+    print_batch(&tasks, json_out)
+}
+
+/// The jobs of a JSON-lines file; blank lines skipped, a bad line named.
+fn read_lines(path: &std::path::Path) -> Result<Vec<Value>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| failure(exit::LOCAL, format!("{}: {e}", path.display())))?;
+    let mut jobs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let job: Value = serde_json::from_str(line)
+            .map_err(|e| failure(exit::LOCAL, format!("{}:{}: not JSON: {e}", path.display(), i + 1)))?;
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+/// A task's end, or why it has none, without a spinner of its own.
+async fn wait_quietly(client: &Client, id: &str) -> Result<Value, String> {
+    loop {
+        match client.send(client.http.get(client.url(&format!("/tasks/{id}?wait={WAIT_SLICE}")))).await {
+            Ok(task) if matches!(task["status"].as_str(), Some("completed" | "failed" | "cancelled")) => {
+                return Ok(task);
+            }
+            Ok(_) => {}
+            Err(Failure { status: Some(404), .. }) => return Err("deleted before it ended".into()),
+            Err(Failure { status: Some(410), .. }) => return Err("expired before it ended".into()),
+            Err(other) => return Err(other.message),
+        }
+    }
+}
+
+/// The summary of `submit --batch`: a line per task, then the counts.
+fn print_batch(tasks: &[(String, Result<Value, String>)], json_out: bool) -> Result<(), Failure> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, end) in tasks {
+        let status = match end {
+            Ok(task) => task["status"].as_str().unwrap_or_default().to_string(),
+            Err(_) => "lost".to_string(),
+        };
+        *counts.entry(status).or_default() += 1;
+    }
+    if json_out {
+        let all: Vec<Value> = tasks
+            .iter()
+            .map(|(id, end)| match end {
+                Ok(task) => task.clone(),
+                Err(why) => json!({ "task_id": id, "error": { "message": why } }),
+            })
+            .collect();
+        println!("{}", Value::Array(all));
+    } else {
+        println!("{:<38} {:<10} {:<14} {:<24} {:>6}", "task", "status", "matcher", "best posting", "score");
+        for (id, end) in tasks {
+            match end {
+                Ok(task) => {
+                    let best = &task["result"]["rankings"][0];
+                    let (posting, score) = match best["posting_id"].as_str() {
+                        Some(posting) => {
+                            (posting.to_string(), format!("{:.3}", best["score"].as_f64().unwrap_or_default()))
+                        }
+                        None => (
+                            task["error"]["kind"].as_str().map(|k| format!("({k})")).unwrap_or_default(),
+                            String::new(),
+                        ),
+                    };
+                    println!(
+                        "{id:<38} {:<10} {:<14} {posting:<24} {score:>6}",
+                        task["status"].as_str().unwrap_or_default(),
+                        task["matcher"].as_str().unwrap_or_default(),
+                    );
+                }
+                Err(why) => println!("{id:<38} {:<10} {why}", "lost"),
+            }
+        }
+        let summary: Vec<String> = counts.iter().map(|(status, n)| format!("{n} {status}")).collect();
+        println!("{} jobs: {}", tasks.len(), summary.join(", "));
+    }
+    let ended_badly = tasks.len() - counts.get("completed").copied().unwrap_or(0);
+    match ended_badly {
+        0 => Ok(()),
+        n => Err(failure(exit::TASK_FAILED, format!("{n} of {} jobs did not complete", tasks.len()))),
+    }
+}
+
+/// A progress bar on standard error, when it is a terminal; off one, a
+/// line at the start and at each tenth.
+struct Progress {
+    on: bool,
+    total: usize,
+    ended: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Progress { on: std::io::stderr().is_terminal(), total, ended: 0 }
+    }
+
+    fn ended(&mut self) {
+        self.ended += 1;
+        if self.on || self.ended == self.total || self.ended % self.total.div_ceil(10) == 0 {
+            self.show();
+        }
+    }
+
+    fn show(&self) {
+        const WIDTH: usize = 30;
+        let filled = WIDTH * self.ended / self.total.max(1);
+        let bar = format!("[{}{}] {}/{} ended", "#".repeat(filled), ".".repeat(WIDTH - filled), self.ended, self.total);
+        if self.on {
+            eprint!("\r{bar}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{bar}");
+        }
+    }
+
+    fn clear(&self) {
+        if self.on {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
 }
 
 /// A spinner on standard error, when it is a terminal: it turns while the

@@ -331,7 +331,7 @@ async fn one_tenant_cannot_fill_the_table_for_everyone() {
     let refused = submit(app, a, "skills", "ada").await;
     assert_eq!((refused.status, refused.error_code()), (StatusCode::TOO_MANY_REQUESTS, "tasks_quota_exceeded"));
     assert!(refused.headers.contains_key(header::RETRY_AFTER));
-    assert!(refused.body["error"]["message"].as_str().unwrap().contains("tenant 'a' holds 3 tasks, its quota"));
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("tenant 'a' may hold 3 tasks, its quota"));
     // Refused before its body is read: a body that is not even JSON gets the
     // same 429, not a 400.
     let unread = call(app, Some(a), Method::POST, "/jobs/match", Some(Body::from("{not json"))).await;

@@ -93,7 +93,46 @@ on_every_store!(
     an_event_stream_on_any_host_sees_the_end,
     two_hosts_deliver_each_end_once,
     a_delivery_outlives_the_host_that_was_making_it,
+    a_batch_is_admitted_whole_across_hosts,
 );
+
+/// A tenant's quota counts batches whole across hosts: a batch that would
+/// take the tenant past it on another host is refused and leaves no task
+/// and no job in the stream; the batches accepted run to their ends on
+/// the deployment.
+async fn a_batch_is_admitted_whole_across_hosts(d: Deployment) {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = NewTenant { pending_tasks: Some(4), ..NewTenant::default() };
+    let (config, keys) = tenants_file(dir.path(), &[("a", quota)]);
+    let flags = ["--config", &config, "--job-timeout", "1m"];
+    let hosts = [d.host(&flags).await, d.host(&flags).await];
+    let a = Some(keys[0].as_str());
+    let client = reqwest::Client::new();
+    upload_misbehave(&client, &hosts[0], "misbehave", a).await;
+    let batch =
+        |n: usize| serde_json::json!({"jobs": (0..n).map(|_| job("misbehave", "busy-1500")).collect::<Vec<_>>()});
+    let (status, first) = post(&client, hosts[0].url("/jobs/batch"), a, &batch(3)).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, refused) = post(&client, hosts[1].url("/jobs/batch"), a, &batch(2)).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{refused}");
+    let jobs = format!("{{{}:a}}:job:*", d.prefix);
+    let kept: Vec<String> = redis::cmd("KEYS").arg(&jobs).query_async(&mut d.connection().await).await.unwrap();
+    assert_eq!(kept.len(), 3, "the refused batch left no job behind: {kept:?}");
+    let (status, second) = post(&client, hosts[1].url("/jobs/batch"), a, &batch(1)).await;
+    assert_eq!(status, 202, "{second}");
+    let ids: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|b| b["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for id in &ids {
+        eventually("the batch's jobs to complete", async || {
+            let (_, task) = get(&client, hosts[0].url(&format!("/tasks/{id}")), a).await;
+            task["status"] == "completed"
+        })
+        .await;
+    }
+}
 
 /// The flags of a host that delivers webhooks to this machine, signed with
 /// `secret`, retrying after a third of a second.

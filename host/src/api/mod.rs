@@ -295,7 +295,8 @@ async fn submit_batch(
     let tasks = app.submit_batch(&tenant, submissions).await.map_err(|e| {
         let mut error = ApiError::from(e);
         if error.status == StatusCode::TOO_MANY_REQUESTS {
-            error.message = format!("a batch is admitted whole, and this one of {n} jobs is refused: {}", error.message);
+            error.message =
+                format!("a batch is admitted whole, and this one of {n} jobs is refused: {}", error.message);
         }
         error
     })?;

@@ -168,7 +168,8 @@ impl JobIntake {
         for ((((slot, task), (submission, _)), matcher), cancel) in
             slots.into_iter().zip(&tasks).zip(jobs).zip(matchers).zip(cancels)
         {
-            let span = tracing::info_span!("task", task_id = %task.task_id, tenant = %tenant.name, matcher = %matcher.name);
+            let span =
+                tracing::info_span!("task", task_id = %task.task_id, tenant = %tenant.name, matcher = %matcher.name);
             let job = Job {
                 task_id: task.task_id,
                 tenant: tenant.name.clone(),

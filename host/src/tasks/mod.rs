@@ -378,10 +378,15 @@ pub enum StoreError {
     Full { capacity: usize },
     /// The tenant holds as many tasks as its quota allows, finished ones
     /// included; retry once some expire or are deleted.
-    #[error("tenant '{tenant}' holds {cap} tasks, its quota (finished tasks count until they expire or are deleted)")]
+    #[error(
+        "tenant '{tenant}' may hold {cap} tasks, its quota, and cannot take more now (finished tasks count until they \
+         expire or are deleted)"
+    )]
     TenantFull { tenant: String, cap: usize },
     /// The tenant has as many tasks pending or running as its quota allows.
-    #[error("tenant '{tenant}' has {limit} jobs pending, its quota; retry once some have ended")]
+    #[error(
+        "tenant '{tenant}' may have {limit} jobs pending, its quota, and cannot take more now; retry once some have ended"
+    )]
     OverQuota { tenant: String, limit: usize },
     #[error("task {0} already exists")]
     Duplicate(TaskId),

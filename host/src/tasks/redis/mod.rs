@@ -649,7 +649,8 @@ impl RedisStore {
                 return Err(StoreError::Duplicate(*existing));
             }
         };
-        self.remember_refusal(&tenant, &refused);
+        // Not remembered: a batch too large for the room left says nothing
+        // of whether one more job fits.
         Err(refused)
     }
 
