@@ -24,6 +24,7 @@ async fn service(dir: &tempfile::TempDir) -> Arc<Matchbox> {
         max_postings: 5,
         data_dir: Some(dir.path().join("data")),
         cache_dir: Some(dir.path().join("cache")),
+        max_batch: 5,
         webhook_secret: Some(matchbox::webhooks::Secret::generate().unwrap()),
         // Port 9 on loopback: nothing answers, so deliveries stay pending.
         callback_allow: vec!["127.0.0.1".parse().unwrap()],
@@ -86,9 +87,10 @@ async fn every_documented_operation_is_served_and_nothing_else() {
             }
         }
     }
-    assert_eq!(operations, 14);
+    assert_eq!(operations, 15);
     for expected in [
         "/jobs/match",
+        "/jobs/batch",
         "/tasks/{id}",
         "/tasks/{id}/events",
         "/matchers",
@@ -189,6 +191,16 @@ async fn real_responses_validate_against_the_document() {
     let id = failed.body["task_id"].as_str().unwrap().to_string();
     calls.push(("post", "/jobs/match", done));
     calls.push(("post", "/jobs/match", failed));
+    let one: Value = serde_json::from_slice(&job("ada", 1)).unwrap();
+    let batch = send(&app, "post", "/jobs/batch", json_body(json!({"jobs": [one]}).to_string().into_bytes())).await;
+    assert_eq!(batch.status, StatusCode::ACCEPTED, "{}", batch.body);
+    calls.push(("post", "/jobs/batch", batch));
+    let over = json!({"jobs": [one, one, one, one, one, one]}).to_string().into_bytes();
+    calls.push(("post", "/jobs/batch", send(&app, "post", "/jobs/batch", json_body(over)).await));
+    let bad = json!({"jobs": [one, {"candidate": {"id": ""}, "postings": []}]}).to_string().into_bytes();
+    let refused = send(&app, "post", "/jobs/batch", json_body(bad)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    calls.push(("post", "/jobs/batch", refused));
     let mut called_back: Value = serde_json::from_slice(&job("ada", 1)).unwrap();
     called_back["callback"] = json!({"url": "http://127.0.0.1:9/hook", "delete_after_delivery": false});
     let hooked = send(&app, "post", "/jobs/match?wait=30s", json_body(called_back.to_string().into_bytes())).await;

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use matchbox_tests::Host;
+use matchbox_tests::http::{BOUND, eventually};
+use matchbox_tests::webhooks::{Answer, WebhookReceiver};
 use serde_json::{Value, json};
 
 fn chromium() -> PathBuf {
@@ -58,21 +60,40 @@ fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_page_shows_what_the_api_says() {
-    let host = Host::start(&[]).await.unwrap();
+    let secret = matchbox::webhooks::Secret::generate().unwrap().expose();
+    // One job's callback is never answered (its delivery stays pending),
+    // another's is refused for good (failed).
+    let silent = WebhookReceiver::start(&secret, |_, _| Answer::Hold).await;
+    let gone = WebhookReceiver::start(&secret, |_, _| Answer::Status(410)).await;
+    let host = Host::start(&["--webhook-secret", &secret, "--callback-allow", "127.0.0.1", "--callback-timeout", "1h"])
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let misbehave = std::fs::read(matchbox::testing::MISBEHAVE_WASM).unwrap();
     let put = client.put(host.url("/matchers/misbehave")).body(misbehave).send().await.unwrap();
     assert_eq!(put.status(), 201);
+    let callbacks = [Some(silent.url("/")), Some(gone.url("/")), None];
     for (i, candidate) in ["ada", "grace", "score-high"].iter().enumerate() {
-        let job = json!({
+        let mut job = json!({
             "matcher": if i == 2 { "misbehave" } else { "skills" },
             "candidate": {"id": candidate, "skills": [{"name": "rust"}]},
             "postings": [{"id": "p1", "title": "Rust engineer", "required_skills": ["rust"]}]
         });
+        if let Some(url) = &callbacks[i] {
+            job["callback"] = json!({ "url": url });
+        }
         let reply = client.post(host.url("/jobs/match?wait=30s")).json(&job).send().await.unwrap();
         assert_eq!(reply.status(), 200);
     }
-    let status: Value = client.get(host.url("/status")).send().await.unwrap().json().await.unwrap();
+    silent.wait_for(1, BOUND).await;
+    gone.wait_for(1, BOUND).await;
+    let mut status = Value::Null;
+    eventually("the refused delivery to be counted", async || {
+        status = client.get(host.url("/status")).send().await.unwrap().json().await.unwrap();
+        status["webhooks"]["failed"] == 1
+    })
+    .await;
+    assert_eq!(status["webhooks"]["pending"], 1, "{status}");
 
     let profile = tempfile::tempdir().unwrap();
     let out = headless(&host.url("/"), &profile, 5000, &["--dump-dom"]);
@@ -94,6 +115,7 @@ async fn the_status_page_shows_what_the_api_says() {
     assert_eq!((text_of(&dom, "tasks-completed"), text_of(&dom, "tasks-failed")), ("2", "1"));
     assert_eq!(text_of(&dom, "live-instances"), status["live_instances"].to_string());
     assert_eq!(text_of(&dom, "queued"), status["queued"].to_string());
+    assert_eq!((text_of(&dom, "webhooks-pending"), text_of(&dom, "webhooks-failed")), ("1", "1"));
     assert!(text_of(&dom, "resident-memory").ends_with(" MiB"));
     assert!(dom.contains("id=\"memory-line\""), "the memory chart is drawn");
     for matcher in status["matchers"].as_array().unwrap() {
