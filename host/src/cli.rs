@@ -336,7 +336,7 @@ impl Progress {
 
     fn ended(&mut self) {
         self.ended += 1;
-        if self.on || self.ended == self.total || self.ended % self.total.div_ceil(10) == 0 {
+        if self.on || self.ended == self.total || self.ended.is_multiple_of(self.total.div_ceil(10)) {
             self.show();
         }
     }

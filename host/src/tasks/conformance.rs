@@ -33,6 +33,7 @@ where
     idempotency_keys_make_one_task(make(16, LONG).await).await;
     callbacks_are_queued_with_the_end_and_leased(make(16, LONG).await).await;
     batches_are_admitted_whole(make(16, LONG).await).await;
+    claims_give_each_tenant_its_room(make(16, LONG).await).await;
 }
 
 /// The tenants the suite uses; a store that must know its tenants is made
@@ -303,7 +304,7 @@ async fn callbacks_are_queued_with_the_end_and_leased(store: Arc<dyn TaskStore>)
     let hooked = |url: &str| pending(&*store, &clock).with_callback(Some(TaskCallback::new(url.into(), false)));
     let claim_all = |lease| {
         let store = store.clone();
-        async move { store.claim_callbacks(lease, 16).await.unwrap() }
+        async move { store.claim_callbacks(lease, 16, &|_| usize::MAX).await.unwrap() }
     };
     let task = hooked("https://hooks.example.com/a");
     let id = task.task_id;
@@ -435,6 +436,25 @@ async fn batches_are_admitted_whole(store: Arc<dyn TaskStore>) {
 
     // A batch's task with a callback has its end delivered like any other.
     store.finish(TENANT, first[2].task_id, TaskOutcome::Cancelled.into()).await.unwrap();
-    let claimed = store.claim_callbacks(Duration::from_secs(60), 16).await.unwrap();
+    let claimed = store.claim_callbacks(Duration::from_secs(60), 16, &|_| usize::MAX).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.task_id).collect::<Vec<_>>(), [first[2].task_id]);
+}
+
+/// A claim takes no more of a tenant's deliveries than the caller has room
+/// for, and still takes the other tenants'.
+async fn claims_give_each_tenant_its_room(store: Arc<dyn TaskStore>) {
+    let clock = Clock::new();
+    for tenant in [TENANT, TENANT, TENANT, OTHER, OTHER] {
+        let task = Task::pending(clock.new_task_id(), tenant.into(), "skills".into(), clock.now(), store.ttl())
+            .with_callback(Some(TaskCallback::new("https://hooks.example.com/r".into(), false)));
+        store.insert(task.clone(), TenantCaps::NONE, None).await.unwrap();
+        store.finish(tenant, task.task_id, TaskOutcome::Cancelled.into()).await.unwrap();
+    }
+    let room = |tenant: &str| if tenant == TENANT { 1 } else { usize::MAX };
+    let claimed = store.claim_callbacks(Duration::from_secs(60), 16, &room).await.unwrap();
+    let of = |tenant: &str| claimed.iter().filter(|c| c.tenant == tenant).count();
+    assert_eq!((of(TENANT), of(OTHER)), (1, 2), "{claimed:?}");
+    let rest = store.claim_callbacks(Duration::from_secs(60), 16, &|_| usize::MAX).await.unwrap();
+    assert_eq!(rest.len(), 2, "the two left over are due still: {rest:?}");
+    assert!(rest.iter().all(|c| c.tenant == TENANT));
 }

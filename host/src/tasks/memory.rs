@@ -30,6 +30,9 @@ use super::{
     TaskCounts, TaskEnd, TaskId, TaskStatus, TaskStore, TenantCaps,
 };
 
+/// Due deliveries one claim looks at, at most.
+const CLAIM_LOOK: usize = 4096;
+
 /// Told the ids of tasks the purge deleted, after the lock is released, so
 /// that jobs still running for them can be cancelled.
 pub type OnExpire = Arc<dyn Fn(&[TaskId]) + Send + Sync>;
@@ -368,16 +371,38 @@ impl TaskStore for MemoryStore {
         Ok(self.shared.state.lock().unwrap().tasks.len())
     }
 
-    async fn claim_callbacks(&self, lease: Duration, limit: usize) -> Result<Vec<CallbackClaim>, StoreError> {
+    async fn claim_callbacks(
+        &self,
+        lease: Duration,
+        limit: usize,
+        room: &(dyn for<'t> Fn(&'t str) -> usize + Send + Sync),
+    ) -> Result<Vec<CallbackClaim>, StoreError> {
         let now = Instant::now();
         let mut state = self.shared.state.lock().unwrap();
         let state = &mut *state;
+        // Due deliveries, oldest first, passing over those of a tenant with
+        // no room left; the look is bounded, so a tenant with a long backlog
+        // of its own does not make every claim slow.
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let mut picked = Vec::new();
+        for &(due, id) in state.callbacks.iter().take(CLAIM_LOOK) {
+            if due > now || picked.len() >= limit {
+                break;
+            }
+            let Some(entry) = state.tasks.get(&id) else {
+                picked.push((due, id));
+                continue;
+            };
+            let tenant = &entry.task.tenant;
+            let n = taken.entry(tenant.clone()).or_default();
+            if *n < room(tenant) {
+                *n += 1;
+                picked.push((due, id));
+            }
+        }
         let mut claimed = Vec::new();
-        while claimed.len() < limit
-            && let Some(&(due, id)) = state.callbacks.first()
-            && due <= now
-        {
-            state.callbacks.pop_first();
+        for (due, id) in picked {
+            state.callbacks.remove(&(due, id));
             let Some(entry) = state.tasks.get_mut(&id) else { continue };
             state.leases += 1;
             let until = now + lease;

@@ -463,11 +463,17 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn finish(&self, tenant: &str, id: TaskId, end: TaskEnd) -> Result<bool, StoreError>;
 
     /// Up to `limit` deliveries of ended tasks' callbacks that are due now,
-    /// each leased to the caller for `lease`: until then no other call gets
-    /// it, unless it is reported. A delivery becomes due when its job ends
-    /// and again when a report asks for a retry; one whose task is gone is
-    /// dropped, never claimed.
-    async fn claim_callbacks(&self, lease: Duration, limit: usize) -> Result<Vec<CallbackClaim>, StoreError>;
+    /// at most `room(tenant)` of each tenant's, each leased to the caller
+    /// for `lease`: until then no other call gets it, unless it is
+    /// reported. A delivery becomes due when its job ends and again when a
+    /// report asks for a retry; one whose task is gone is dropped, never
+    /// claimed.
+    async fn claim_callbacks(
+        &self,
+        lease: Duration,
+        limit: usize,
+        room: &(dyn for<'t> Fn(&'t str) -> usize + Send + Sync),
+    ) -> Result<Vec<CallbackClaim>, StoreError>;
 
     /// Records how an attempt under `claim` went, on the task, and queues the
     /// retry it asks for or is done with the delivery. `Ok(false)`, with

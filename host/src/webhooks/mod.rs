@@ -40,6 +40,10 @@ use crate::tasks::{CallbackClaim, CallbackProgress, CallbackReport, CallbackStat
 
 /// Deliveries one host sends at once.
 const IN_FLIGHT: usize = 64;
+/// Deliveries of one tenant one host sends at once: a tenant whose
+/// receivers are slow (or never answer) waits for its own, and leaves the
+/// rest to the others.
+const IN_FLIGHT_PER_TENANT: usize = 16;
 /// Longest wait between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Longest `last_error` kept on a task.
@@ -95,6 +99,8 @@ pub struct Deliverer {
     secrets: Secrets,
     stats: DeliveryStats,
     slots: Arc<Semaphore>,
+    /// Deliveries in flight, by tenant.
+    sending: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// How one attempt went.
@@ -132,6 +138,7 @@ impl Deliverer {
             secrets,
             stats: DeliveryStats::default(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            sending: Default::default(),
         }))
     }
 
@@ -158,15 +165,28 @@ impl Deliverer {
             let room = self.slots.available_permits();
             let mut more = false;
             if room > 0 {
-                match self.store.claim_callbacks(lease, room).await {
+                let tenant_room = |tenant: &str| {
+                    let sending = self.sending.lock().unwrap();
+                    IN_FLIGHT_PER_TENANT.saturating_sub(sending.get(tenant).copied().unwrap_or(0))
+                };
+                match self.store.claim_callbacks(lease, room, &tenant_room).await {
                     Ok(claims) => {
                         complained = false;
                         more = claims.len() == room;
                         for claim in claims {
                             let permit = self.slots.clone().try_acquire_owned().expect("claimed within the room");
+                            *self.sending.lock().unwrap().entry(claim.tenant.clone()).or_default() += 1;
                             let me = self.clone();
                             tokio::spawn(async move {
+                                let tenant = claim.tenant.clone();
                                 me.deliver(claim).await;
+                                let mut sending = me.sending.lock().unwrap();
+                                if let Some(n) = sending.get_mut(&tenant) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        sending.remove(&tenant);
+                                    }
+                                }
                                 drop(permit);
                             });
                         }

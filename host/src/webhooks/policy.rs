@@ -323,10 +323,7 @@ impl reqwest::dns::Resolve for Resolver {
             let mut refused = None;
             let allowed: Vec<SocketAddr> = addrs
                 .into_iter()
-                .filter(|a| {
-                    let ok = vouched || policy.check_addr(a.ip()).map_err(|e| refused = Some(e)).is_ok();
-                    ok
-                })
+                .filter(|a| vouched || policy.check_addr(a.ip()).map_err(|e| refused = Some(e)).is_ok())
                 .collect();
             if allowed.is_empty() {
                 let why = refused.unwrap_or_else(|| Refused(format!("the host {host} has no allowed address")));

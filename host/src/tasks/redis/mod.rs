@@ -792,18 +792,24 @@ impl TaskStore for RedisStore {
     }
 
     /// Each tenant's set in turn, until `limit` are claimed.
-    async fn claim_callbacks(&self, lease: Duration, limit: usize) -> Result<Vec<CallbackClaim>, StoreError> {
+    async fn claim_callbacks(
+        &self,
+        lease: Duration,
+        limit: usize,
+        room: &(dyn for<'t> Fn(&'t str) -> usize + Send + Sync),
+    ) -> Result<Vec<CallbackClaim>, StoreError> {
         let mut claimed = Vec::new();
         for tenant in &self.tenants {
-            if claimed.len() >= limit {
-                break;
+            let room = room(tenant).min(limit - claimed.len());
+            if room == 0 {
+                continue;
             }
             let answer: Vec<String> = self
                 .scripts
                 .claim_callbacks
                 .key(self.callbacks_key(tenant))
                 .arg(lease.as_millis().max(1) as u64)
-                .arg(limit - claimed.len())
+                .arg(room)
                 .arg(self.tag(tenant))
                 .invoke_async(&mut self.redis.clone())
                 .await
