@@ -173,16 +173,20 @@ async fn two_hosts_deliver_each_end_once(d: Deployment) {
     assert!(got.iter().all(|r| r.signed));
 }
 
-/// The only host of a deployment is killed while its request to the
-/// receiver is open (the receiver never answers it). Another host started
-/// afterwards claims the delivery once the dead host's lease lapses, and
-/// sends it again with the same `webhook-id`; the receiver answers, and
-/// nothing is sent a third time.
+/// The only host of a deployment is killed mid-retry: its first attempt
+/// was answered 500, and the receiver never answers the retry, whose
+/// request is open when the host dies. Another host started afterwards
+/// claims the delivery once the dead host's lease lapses and sends it
+/// again with the same `webhook-id`; the receiver answers, and nothing is
+/// sent after that.
 async fn a_delivery_outlives_the_host_that_was_making_it(d: Deployment) {
     let secret = matchbox::webhooks::Secret::generate().unwrap().expose();
-    let receiver =
-        WebhookReceiver::start(&secret, |_, attempt| if attempt == 1 { Answer::Hold } else { Answer::Status(200) })
-            .await;
+    let receiver = WebhookReceiver::start(&secret, |_, attempt| match attempt {
+        1 => Answer::Status(500),
+        2 => Answer::Hold,
+        _ => Answer::Status(200),
+    })
+    .await;
     let mut flags = webhook_flags(&secret);
     flags.extend(["--callback-timeout", "1s"]);
     let doomed = d.host(&flags).await;
@@ -190,21 +194,25 @@ async fn a_delivery_outlives_the_host_that_was_making_it(d: Deployment) {
     let mut body = job("skills", "c1");
     body["callback"] = serde_json::json!({"url": receiver.url("/hook")});
     let id = task_id(&post(&client, doomed.url("/jobs/match"), None, &body).await);
-    receiver.wait_for(1, Duration::from_secs(60)).await;
-    drop(doomed); // SIGKILL, its request still open
+    receiver.wait_for(2, Duration::from_secs(60)).await;
+    drop(doomed); // SIGKILL, its retry's request still open
 
     let survivor = d.host(&flags).await;
-    let got = receiver.wait_for(2, Duration::from_secs(60)).await;
-    assert_eq!((got[0].id.as_str(), got[1].id.as_str()), (id.as_str(), id.as_str()), "one end, one webhook-id");
+    let got = receiver.wait_for(3, Duration::from_secs(60)).await;
+    assert!(got.iter().all(|r| r.id == id), "one end, one webhook-id: {got:?}");
     assert!(got.iter().all(|r| r.signed));
-    assert_eq!(got[0].body, got[1].body);
+    assert!(got.iter().all(|r| r.body == got[0].body), "every attempt sends the same end");
+    let mut task = Value::Null;
     eventually("the survivor to record the delivery", async || {
-        let (_, task) = get(&client, survivor.url(&format!("/tasks/{id}")), None).await;
+        task = get(&client, survivor.url(&format!("/tasks/{id}")), None).await.1;
         task["callback"]["state"] == "delivered"
     })
     .await;
+    // The 500 recorded by the dead host, the answer by the survivor; the
+    // attempt cut short by the kill was never recorded.
+    assert_eq!(task["callback"]["attempts"], 2, "{task}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(receiver.received().len(), 2, "delivered, so not sent again");
+    assert_eq!(receiver.received().len(), 3, "delivered, so not sent again");
 }
 
 /// A task's event stream read on the host that did not accept its job
