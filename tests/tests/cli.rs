@@ -101,8 +101,10 @@ async fn a_tenant_added_on_the_command_line_can_submit_with_its_key() {
         .unwrap();
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
     let printed = String::from_utf8(add.stdout).unwrap();
-    let key = printed.trim();
-    assert_eq!(printed.lines().count(), 1, "the key alone, on its own line: {printed}");
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "the key, then the webhook signing secret, a line each: {printed}");
+    let key = lines[0];
+    assert!(lines[1].starts_with("whsec_"), "{printed}");
     assert!(!std::fs::read_to_string(config).unwrap().contains(key), "the file keeps only the hash");
 
     let host = Host::start(&["--config", config]).await.unwrap();

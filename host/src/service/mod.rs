@@ -303,12 +303,14 @@ impl Matchbox {
     /// or none (the caps, the queue and the table checked for the whole
     /// batch). An idempotency key is not taken on a batch.
     pub async fn submit_batch(&self, tenant: &Arc<Tenant>, jobs: Vec<Submission>) -> Result<Vec<Task>, SubmitError> {
-        let mut checked = Vec::with_capacity(jobs.len());
-        for (index, submission) in jobs.into_iter().enumerate() {
-            let callback = self.callback(tenant, submission.callback.as_ref()).await.map_err(|e| e.in_batch(index))?;
-            checked.push((submission, callback));
-        }
-        self.intake.submit_batch(tenant, checked).await
+        // At once: each check may resolve a host name (up to a few seconds),
+        // and a batch must not take that many times longer.
+        let callbacks =
+            futures_util::future::try_join_all(jobs.iter().enumerate().map(|(index, submission)| async move {
+                self.callback(tenant, submission.callback.as_ref()).await.map_err(|e| e.in_batch(index))
+            }))
+            .await?;
+        self.intake.submit_batch(tenant, jobs.into_iter().zip(callbacks).collect()).await
     }
 
     /// The callback a job asked for, checked: the tenant can sign it and
