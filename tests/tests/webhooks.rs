@@ -31,6 +31,11 @@ fn with_callback(mut job: Value, callback: Value) -> Value {
     job
 }
 
+/// The answer to a `skills` job asking for `callback`.
+async fn ask(client: &reqwest::Client, host: &Host, callback: Value) -> (u16, Value) {
+    post(client, host.url("/jobs/match"), None, &with_callback(job("skills", "c1"), callback)).await
+}
+
 async fn submit(client: &reqwest::Client, host: &Host, body: &Value, key: Option<&str>) -> String {
     let (status, accepted) = post(client, host.url("/jobs/match"), key, body).await;
     assert_eq!(status, 202, "{accepted}");
@@ -145,6 +150,7 @@ async fn a_final_4xx_and_spent_attempts_are_failures_the_task_and_status_page_sh
     assert_eq!(status["webhooks"]["failed"], 2, "{status}");
     assert_eq!(status["webhooks"]["pending"], 0, "{status}");
     assert!(status["webhooks"]["delivered_here"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["webhooks"]["failed_here"], 2, "{status}");
 
     // A delete takes the failure out of the count with its task.
     let deleted = client.delete(host.url(&format!("/tasks/{final_}"))).send().await.unwrap();
@@ -170,9 +176,7 @@ async fn callbacks_into_the_operators_network_are_refused_unless_allowed() {
         ("http://0.0.0.0:9/hook", "unspecified address"),
     ];
     for (url, why) in refused {
-        let (status, body) =
-            post(&client, strict.url("/jobs/match"), None, &with_callback(job("skills", "c1"), json!({"url": url})))
-                .await;
+        let (status, body) = ask(&client, &strict, json!({"url": url})).await;
         assert_eq!(status, 422, "{url}: {body}");
         assert_eq!(body["error"]["code"], "callback_refused", "{url}: {body}");
         let message = body["error"]["message"].as_str().unwrap();
@@ -183,19 +187,11 @@ async fn callbacks_into_the_operators_network_are_refused_unless_allowed() {
         ("http://user:pw@1.1.1.1/", "user or password"),
         ("/relative", "not a URL"),
     ] {
-        let (status, body) =
-            post(&client, strict.url("/jobs/match"), None, &with_callback(job("skills", "c1"), json!({"url": url})))
-                .await;
+        let (status, body) = ask(&client, &strict, json!({"url": url})).await;
         assert_eq!(status, 422, "{url}: {body}");
         assert!(body["error"]["message"].as_str().unwrap().contains(why), "{url}: {body}");
     }
-    let (status, body) = post(
-        &client,
-        strict.url("/jobs/match"),
-        None,
-        &with_callback(job("skills", "c1"), json!({"url": "http://1.1.1.1/", "retries": 3})),
-    )
-    .await;
+    let (status, body) = ask(&client, &strict, json!({"url": "http://1.1.1.1/", "retries": 3})).await;
     assert_eq!(status, 422, "an unknown callback field is named: {body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("retries"), "{body}");
     let (_, counts) = get(&client, strict.url("/status"), None).await;
@@ -203,33 +199,15 @@ async fn callbacks_into_the_operators_network_are_refused_unless_allowed() {
 
     // A rule lets one network in, and only it.
     let allowed = Host::start(&["--webhook-secret", &secret, "--callback-allow", "10.0.0.0/8"]).await.unwrap();
-    let (status, body) = post(
-        &client,
-        allowed.url("/jobs/match"),
-        None,
-        &with_callback(job("skills", "c1"), json!({"url": "http://127.0.0.1:9/"})),
-    )
-    .await;
+    let (status, body) = ask(&client, &allowed, json!({"url": "http://127.0.0.1:9/"})).await;
     assert_eq!(status, 422, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("--callback-allow: 10.0.0.0/8"), "{body}");
-    let (status, body) = post(
-        &client,
-        allowed.url("/jobs/match"),
-        None,
-        &with_callback(job("skills", "c1"), json!({"url": "http://10.9.9.9:9/"})),
-    )
-    .await;
+    let (status, body) = ask(&client, &allowed, json!({"url": "http://10.9.9.9:9/"})).await;
     assert_eq!(status, 202, "{body}");
 
     // Without a secret there is nothing to sign with.
     let unsigned = Host::start(&["--callback-allow", "127.0.0.1"]).await.unwrap();
-    let (status, body) = post(
-        &client,
-        unsigned.url("/jobs/match"),
-        None,
-        &with_callback(job("skills", "c1"), json!({"url": "http://127.0.0.1:9/"})),
-    )
-    .await;
+    let (status, body) = ask(&client, &unsigned, json!({"url": "http://127.0.0.1:9/"})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("callback_unsigned")), "{body}");
 }
 

@@ -47,6 +47,8 @@ struct WebhookFigures {
     delivered_here: u64,
     /// Attempts this host made that will be retried.
     retried_here: u64,
+    /// Deliveries this host gave up on.
+    failed_here: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -72,6 +74,7 @@ pub async fn report(State(app): State<AppState>) -> Json<StatusReport> {
         failed: deliveries.map(|d| d.failed),
         delivered_here: stats.delivered.load(std::sync::atomic::Ordering::Relaxed),
         retried_here: stats.retried.load(std::sync::atomic::Ordering::Relaxed),
+        failed_here: stats.failed.load(std::sync::atomic::Ordering::Relaxed),
     };
     Json(StatusReport {
         tasks: table.map(|by_status| TaskFigures { total: by_status.total(), by_status }),

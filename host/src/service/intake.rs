@@ -120,29 +120,14 @@ impl JobIntake {
         let tasks: Vec<Task> = jobs
             .iter()
             .zip(&matchers)
-            .map(|((_, callback), matcher)| {
-                Task::pending(
-                    self.clock.new_task_id(),
-                    tenant.name.to_string(),
-                    matcher.name.clone(),
-                    self.clock.now(),
-                    self.store.ttl(),
-                )
-                .with_callback(callback.clone())
-            })
+            .map(|((_, callback), matcher)| self.new_task(tenant, matcher, callback.clone()))
             .collect();
         if let Some(cluster) = &self.cluster {
             let envelopes: Vec<Envelope> = jobs
                 .into_iter()
                 .zip(&matchers)
                 .zip(&tasks)
-                .map(|(((submission, _), matcher), task)| Envelope {
-                    tenant: tenant.name.to_string(),
-                    task_id: task.task_id,
-                    matcher: matcher.pinned(),
-                    uploaded: matcher.source == crate::registry::Source::Uploaded,
-                    input: submission.input,
-                })
+                .map(|(((submission, _), matcher), task)| envelope(tenant, task.task_id, matcher, submission.input))
                 .collect();
             cluster.publish_batch(tasks.clone(), tenant.caps(), &envelopes).await.map_err(|e| self.refused(e))?;
             for task in &tasks {
@@ -184,6 +169,18 @@ impl JobIntake {
         }
         tracing::debug!(jobs = tasks.len(), tenant = %tenant.name, "batch accepted");
         Ok(tasks)
+    }
+
+    /// A new pending task of `tenant`'s for a job on `matcher`.
+    fn new_task(&self, tenant: &Tenant, matcher: &Matcher, callback: Option<TaskCallback>) -> Task {
+        Task::pending(
+            self.clock.new_task_id(),
+            tenant.name.to_string(),
+            matcher.name.clone(),
+            self.clock.now(),
+            self.store.ttl(),
+        )
+        .with_callback(callback)
     }
 
     /// The live task `tenant`'s `key` made, as a replayed submission.
@@ -230,14 +227,7 @@ impl JobIntake {
         };
         let (created, claim, id, key) = match origin {
             Origin::Local { key, callback } => {
-                let task = Task::pending(
-                    self.clock.new_task_id(),
-                    tenant.name.to_string(),
-                    matcher.name.clone(),
-                    self.clock.now(),
-                    self.store.ttl(),
-                )
-                .with_callback(callback);
+                let task = self.new_task(tenant, &matcher, callback);
                 if let Some(cluster) = &self.cluster {
                     let inserted = self.hand_to_the_deployment(cluster, tenant, &task, &matcher, key, input).await?;
                     if let Inserted::Existing(existing) = inserted {
@@ -329,13 +319,7 @@ impl JobIntake {
         input: JobInput,
     ) -> Result<Inserted, SubmitError> {
         let id = task.task_id;
-        let envelope = Envelope {
-            tenant: tenant.name.to_string(),
-            task_id: id,
-            matcher: matcher.pinned(),
-            uploaded: matcher.source == crate::registry::Source::Uploaded,
-            input,
-        };
+        let envelope = envelope(tenant, id, matcher, input);
         let inserted =
             cluster.publish(task.clone(), tenant.caps(), key, &envelope).await.map_err(|e| self.refused(e))?;
         if inserted == Inserted::New {
@@ -351,6 +335,18 @@ impl JobIntake {
         if let Err(err) = Box::new(claim).finish(id, TaskOutcome::Failed(failure).into()).await {
             tracing::warn!(%err, task_id = %id, "could not fail a job that cannot run");
         }
+    }
+}
+
+/// A job as the deployment's stream carries it: naming the exact component
+/// resolved here, so every host runs the same code.
+fn envelope(tenant: &Tenant, task_id: TaskId, matcher: &Matcher, input: JobInput) -> Envelope {
+    Envelope {
+        tenant: tenant.name.to_string(),
+        task_id,
+        matcher: matcher.pinned(),
+        uploaded: matcher.source == crate::registry::Source::Uploaded,
+        input,
     }
 }
 
