@@ -2,9 +2,14 @@
 # HTTP figures, all in one run on this machine:
 #  1. jobs per second and latency of `POST /jobs/match?wait=10s` (skills, 10
 #     postings) against a bare axum handler parsing the same JSON;
-#  2. `GET /tasks/{id}` latency with the host idle, then with every worker
+#  2. overload: jobs completed per second closed-loop (`?wait=`, 32
+#     connections, 3 postings) against the same clients flooding submissions
+#     without waiting (more than the workers can run: most answered 429);
+#  3. `GET /tasks/{id}` latency with the host idle, then with every worker
 #     busy running guests (1,000-posting jobs submitted without pause).
 # Usage: bench/http.sh [seconds per run, default 10]
+# MATCHBOX_BIN=path runs another build of matchbox (to compare two builds
+# against the same bare handler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -35,11 +40,12 @@ print(json.dumps({
 PY
 }
 job 10 > "$tmp/small.json"
+job 3 > "$tmp/tiny.json"
 job 1000 > "$tmp/large.json"
 
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" 2>/dev/null && return 0; curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
 
-target/release/matchbox serve --listen 127.0.0.1:18181 --data-dir "$tmp/data" --cache-dir "$tmp/cache" \
+${MATCHBOX_BIN:-target/release/matchbox} serve --listen 127.0.0.1:18181 --data-dir "$tmp/data" --cache-dir "$tmp/cache" \
     --task-ttl 30s --max-tasks 1000000 >"$tmp/matchbox.log" 2>&1 &
 pids+=($!)
 target/release/bare --listen 127.0.0.1:18182 &
@@ -55,6 +61,23 @@ echo "# POST /jobs/match, 10 postings, ${SECS}s each, 2 threads"
 for c in 8 32; do
     run "bare axum, $c connections" "http://127.0.0.1:18182/jobs/match" "$tmp/small.json" "$c"
     run "matchbox ?wait=10s, $c connections" "http://127.0.0.1:18181/jobs/match?wait=10s" "$tmp/small.json" "$c"
+done
+
+completed() {  # jobs this host completed so far, from /metrics
+    curl -s http://127.0.0.1:18181/metrics | awk '/^matchbox_jobs_total\{.*outcome="completed"/ {n += $2} END {printf "%d\n", n}'
+}
+echo "# overload: 3 postings, 32 connections, ${SECS}s each"
+before=$(completed)
+run "closed loop, ?wait=10s" "http://127.0.0.1:18181/jobs/match?wait=10s" "$tmp/tiny.json" 32
+closed=$(( ($(completed) - before) / SECS ))
+before=$(completed)
+run "flood, no wait" "http://127.0.0.1:18181/jobs/match" "$tmp/tiny.json" 32
+flooded=$(( ($(completed) - before) / SECS ))
+python3 -c "print(f'jobs completed/s: closed loop $closed, under the flood $flooded, ratio {$flooded / $closed:.2f}')"
+# Let the flood's queue drain before the next measurement.
+for _ in $(seq 100); do
+    curl -s http://127.0.0.1:18181/status | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["jobs_in_flight"] != 0)' && break
+    sleep 0.2
 done
 
 id=$(curl -s -X POST -H 'content-type: application/json' --data-binary @"$tmp/small.json" \

@@ -171,6 +171,33 @@ async fn unbounded_allocation_hits_the_memory_limit() {
     assert!(message.contains("32.0 MiB"), "{message}");
 }
 
+/// A fresh Store per job is only isolation if the pool slot it reuses is
+/// reset: the next job's memory, grown over the pages where the last one
+/// left its data, must read zeros, and a read past the end of memory must
+/// trap (bounds are checked in the compiled code, not by guard pages: see
+/// `Sandbox::new`).
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_one_job_is_visible_to_the_next() {
+    let f = fixture().await;
+    let score = |report: &JobReport| match &report.outcome {
+        Ok(rankings) => rankings[0].score,
+        Err(failure) => panic!("{failure:?}"),
+    };
+    for round in 0..5 {
+        assert_eq!(
+            score(&f.misbehave("remember").await),
+            1.0,
+            "round {round}: the scan missed the marker in its own job"
+        );
+        assert_eq!(score(&f.misbehave("recall").await), 0.0, "round {round}: a job read what the job before it left");
+    }
+    let report = f.misbehave("read-past-end").await;
+    let (kind, message) = failure(&report);
+    assert_eq!(kind, FailureKind::Trap, "{message}");
+    assert!(message.contains("out of bounds"), "{message}");
+    f.assert_clean_and_serving().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unbounded_recursion_is_a_stack_overflow() {
     let f = fixture().await;

@@ -25,6 +25,9 @@
 //! | `huge-reason-N` | answers with one posting whose one reason is N MiB |
 //! | `invalid`       | answers `invalid-input` |
 //! | `internal`      | answers `internal` |
+//! | `remember`      | fills 8 MiB of fresh heap with a marker byte, then scans its memory as `recall` does (score 1.0: found) |
+//! | `recall`        | grows its memory by 16 MiB and scans all of it for that marker: score 1.0 if found, 0.0 if not |
+//! | `read-past-end` | reads a byte just past the end of its linear memory (a trap) |
 //! | `slow`          | computes for 300 ms, then answers correctly |
 //! | anything else   | answers correctly: every posting, score 0.5 |
 //!
@@ -46,6 +49,45 @@ fn honest(postings: &[Posting], options: &Options) -> Vec<Ranking> {
 
 fn one(posting_id: &str, score: f32) -> Vec<Ranking> {
     vec![Ranking { posting_id: posting_id.into(), score, reasons: vec![] }]
+}
+
+/// Bytes of linear memory 0. The workspace also builds this crate for the
+/// host, where it is never run: there it has no linear memory.
+#[cfg(target_arch = "wasm32")]
+fn memory_bytes() -> usize {
+    core::arch::wasm32::memory_size(0) * 65536
+}
+#[cfg(not(target_arch = "wasm32"))]
+fn memory_bytes() -> usize {
+    0
+}
+
+/// Grows linear memory 0 by `pages` of 64 KiB.
+#[cfg(target_arch = "wasm32")]
+fn grow_memory(pages: usize) {
+    core::arch::wasm32::memory_grow(0, pages);
+}
+#[cfg(not(target_arch = "wasm32"))]
+fn grow_memory(_pages: usize) {}
+
+/// What `remember` leaves in memory for `recall` to look for.
+const MARKER: u8 = 0xA7;
+
+/// Whether 64 bytes of `MARKER` in a row appear anywhere in linear memory 0.
+#[allow(unsafe_code)]
+fn memory_holds_marker() -> bool {
+    let len = memory_bytes();
+    let mut run = 0;
+    // Address 0 is where Rust puts nothing; start past it.
+    for address in 1..len {
+        // SAFETY: every address below `memory_size` is in bounds.
+        let byte = unsafe { core::ptr::read_volatile(address as *const u8) };
+        run = if byte == MARKER { run + 1 } else { 0 };
+        if run == 64 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Recurses on the wasm stack itself: every value lives in wasm locals, not
@@ -119,6 +161,26 @@ impl Matcher for Misbehave {
                     std::hint::black_box(started);
                 }
                 Ok(honest(&postings, &options))
+            }
+            "remember" => {
+                let hoard = vec![MARKER; 8 << 20];
+                std::hint::black_box(&hoard);
+                // The scan `recall` runs, proved on memory that holds the marker.
+                Ok(one(&first, if memory_holds_marker() { 1.0 } else { 0.0 }))
+            }
+            "recall" => {
+                // Grows by 16 MiB first: the pages where `remember`'s hoard was.
+                grow_memory(256);
+                let found = memory_holds_marker();
+                Ok(one(&first, if found { 1.0 } else { 0.0 }))
+            }
+            #[allow(unsafe_code)]
+            "read-past-end" => {
+                let end = memory_bytes();
+                // SAFETY: none; the address is out of bounds on purpose, and
+                // the host must stop the guest here.
+                let byte = unsafe { core::ptr::read_volatile((end + 16) as *const u8) };
+                Ok(one(&first, (byte % 2) as f32))
             }
             "score-high" => Ok(one(&first, 7.5)),
             "score-nan" => Ok(one(&first, f32::NAN)),
