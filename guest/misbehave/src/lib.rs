@@ -78,7 +78,7 @@ const MARKER: u8 = 0xA7;
 fn memory_holds_marker() -> bool {
     let len = memory_bytes();
     let mut run = 0;
-    // Address 0 is where Rust puts nothing; start past it.
+    // Address 0 is the null pointer, which Rust may not read: start past it.
     for address in 1..len {
         // SAFETY: every address below `memory_size` is in bounds.
         let byte = unsafe { core::ptr::read_volatile(address as *const u8) };
