@@ -424,11 +424,14 @@ async fn running_on(client: &reqwest::Client, hosts: &[Host]) -> usize {
     runner
 }
 
-/// Uploads `misbehave` to `host`, submits a job that computes for 1.5 s,
-/// and returns its task id once the job is running there.
+/// Uploads `misbehave` to `host`, submits a job that computes for 5 s,
+/// and returns its task id once the job is running there. 5 s (half the
+/// default job timeout) so that starting a second host meanwhile, which
+/// compiles the built-ins, cannot outlast the job on a loaded machine
+/// (1.5 s once did, in CI: the job had completed before its host drained).
 async fn start_busy_job(client: &reqwest::Client, host: &Host) -> String {
     upload_misbehave(client, host, "misbehave", None).await;
-    let id = task_id(&post(client, host.url("/jobs/match"), None, &job("misbehave", "busy-1500")).await);
+    let id = task_id(&post(client, host.url("/jobs/match"), None, &job("misbehave", "busy-5000")).await);
     eventually("the job to start", async || live_instances(client, host).await == 1).await;
     id
 }
