@@ -1,11 +1,14 @@
 //! Running jobs: the bounded queue, the workers, and what this host knows
 //! of the jobs in flight.
 //!
-//! Workers are tasks on the service's runtime that take a job from the
+//! Workers are tasks on the sandbox's guest runtime that take a job from the
 //! [`JobQueue`] (fair across tenants, see `queue.rs`), mark its task
-//! running, run it in the [`Sandbox`] and write the outcome. The guest
-//! itself runs on the sandbox's guest runtime, so guest compute never
-//! occupies a thread that serves HTTP (see [`crate::runtime`] for why).
+//! running, run it in the [`Sandbox`] and write the outcome, so guest
+//! compute never occupies a thread that serves HTTP (see [`crate::runtime`]
+//! for why). A worker runs the whole job where the guest runs: a job costs
+//! one wake-up of a guest thread (the job queued) and one of the front end
+//! (the end written), with no task spawned per job and no hop back to the
+//! front end's runtime between the guest's answer and the store's write.
 //!
 //! A job another host could run too (one read from the deployment's stream)
 //! carries a [`Claim`]: the small trait through which this layer tells the
@@ -19,10 +22,12 @@
 mod queue;
 mod tracker;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use futures_util::FutureExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -32,7 +37,7 @@ pub use tracker::{FollowedJobs, JobTracker};
 
 use crate::metrics::Metrics;
 use crate::registry::{Matcher, Source};
-use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, Sandbox};
+use crate::runtime::{FailureKind, JobFailure, JobInput, JobLimits, JobReport, Sandbox};
 use crate::tasks::{StoreError, TaskEnd, TaskId, TaskLogs, TaskOutcome, TaskStore};
 
 /// This host's hold on a job of the deployment, which another host runs if
@@ -84,8 +89,7 @@ pub struct JobRunner {
 }
 
 impl JobRunner {
-    /// Starts `workers` workers on the current runtime; their guests run on
-    /// the sandbox's guest runtime.
+    /// Starts `workers` workers on the sandbox's guest runtime.
     pub fn start(
         workers: usize,
         queue_capacity: usize,
@@ -99,7 +103,7 @@ impl JobRunner {
         let handing_back = Arc::new(AtomicBool::new(false));
         let workers = (0..workers.max(1))
             .map(|_| {
-                tokio::spawn(work(Worker {
+                sandbox.on_guests(work(Worker {
                     queue: queue.clone(),
                     tracker: tracker.clone(),
                     store: store.clone(),
@@ -195,40 +199,34 @@ async fn run_one(mut job: Job, w: &Worker) {
             return;
         }
     }
-    let Job { matcher, input, limits, cancel, span, tenant, .. } = job;
-    let matcher_name = matcher.name.clone();
+    let Job { matcher, input, limits, cancel, tenant, .. } = job;
     // An upload is its tenant's own (no other tenant can run it), so its
     // author may read what it logged; a shared matcher's lines are the
     // operator's, unless the operator shares them.
     let keep_logs = matcher.source == Source::Uploaded || w.shared_matcher_logs;
-    let guest_sandbox = sandbox.clone();
-    let run = async move { guest_sandbox.rank(&matcher.pre, &input, &limits, cancel).await }.instrument(span);
-    let mut logs = None;
-    let outcome = match sandbox.on_guests(run).await {
-        Ok(report) => {
-            if keep_logs {
-                logs = Some(TaskLogs::of(&report));
-            }
-            let outcome = match &report.outcome {
-                Ok(_) => "completed",
-                Err(failure) => failure.kind.as_str(),
-            };
-            w.metrics.job_ended(&matcher_name, &tenant, outcome, report.elapsed, report.instantiate);
-            tracing::debug!(
-                elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
-                instantiate_us = report.instantiate.map(|d| d.as_micros() as u64),
-                log_lines = report.log.lines.len(),
-                log_dropped = report.log.dropped,
-                "job ended"
-            );
-            if !report.stderr.is_empty() {
-                tracing::debug!(target: "matchbox::guest", stderr = %report.stderr, "guest stderr");
-            }
-            report.outcome
-        }
-        Err(err) => Err(JobFailure::new(FailureKind::Unavailable, format!("the job's task failed: {err}"))),
+    // A panic while running the job (a bug of the host's or wasmtime's)
+    // fails this job and leaves the worker to take the next one.
+    let report = match AssertUnwindSafe(sandbox.rank(&matcher.pre, &input, &limits, cancel)).catch_unwind().await {
+        Ok(report) => report,
+        Err(_) => JobReport::failed(JobFailure::new(FailureKind::Unavailable, "the host failed while running the job")),
     };
-    let outcome = match outcome {
+    let mut logs = keep_logs.then(|| TaskLogs::of(&report));
+    let outcome = match &report.outcome {
+        Ok(_) => "completed",
+        Err(failure) => failure.kind.as_str(),
+    };
+    w.metrics.job_ended(&matcher.name, &tenant, outcome, report.elapsed, report.instantiate);
+    tracing::debug!(
+        elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+        instantiate_us = report.instantiate.map(|d| d.as_micros() as u64),
+        log_lines = report.log.lines.len(),
+        log_dropped = report.log.dropped,
+        "job ended"
+    );
+    if !report.stderr.is_empty() {
+        tracing::debug!(target: "matchbox::guest", stderr = %report.stderr, "guest stderr");
+    }
+    let outcome = match report.outcome {
         Ok(rankings) => TaskOutcome::Completed(rankings),
         Err(failure) if failure.kind == FailureKind::Cancelled => {
             if left(&claim) {

@@ -213,6 +213,21 @@ pub struct JobReport {
     pub ticks: u64,
 }
 
+impl JobReport {
+    /// The report of a job that failed before it produced anything.
+    pub fn failed(failure: JobFailure) -> Self {
+        JobReport {
+            outcome: Err(failure),
+            log: GuestLog::default(),
+            stdout: String::new(),
+            stderr: String::new(),
+            instantiate: None,
+            elapsed: Duration::ZERO,
+            ticks: 0,
+        }
+    }
+}
+
 /// Raised by the epoch callback to stop a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Interrupted {
@@ -269,7 +284,15 @@ impl Sandbox {
         // every access past the current size is still a trap, by the explicit
         // check) and is only reset. Measured in `bench/RESULTS.md`: a small
         // job's fixed cost 13-23 % lower, compute within the noise.
+        //
+        // No concurrency support: the contract is synchronous (WASI 0.2 and
+        // our own `log` are plain calls), and with it on, wasmtime keeps a
+        // table of guest tasks in every Store and enters and leaves a task
+        // around every call into the guest, the allocator calls that lower
+        // a job's input included. Off, a trivial instantiate-and-call costs
+        // less than half, and a small job about 10 % less (`bench/RESULTS.md`).
         wasm.epoch_interruption(true)
+            .concurrency_support(false)
             .signals_based_traps(false)
             .memory_guard_size(0)
             .guard_before_linear_memory(false)
