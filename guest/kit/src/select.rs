@@ -14,26 +14,48 @@ pub const MAX_REASON_BYTES: usize = 1024;
 /// into [0, 1] first (NaN counts as 0) and reasons cut to the contract's
 /// caps: a rounding error, or a long skill name quoted in a reason, must not
 /// become a contract breach.
-pub fn best_first(mut scored: Vec<Ranking>, options: &Options) -> Vec<Ranking> {
-    for ranking in &mut scored {
-        ranking.score = if ranking.score.is_nan() { 0.0 } else { ranking.score.clamp(0.0, 1.0) };
-    }
-    scored.retain(|r| r.score >= options.min_score);
-    let k = (options.top_k as usize).min(scored.len());
-    if k < scored.len() {
+pub fn best_first(scored: Vec<Ranking>, options: &Options) -> Vec<Ranking> {
+    let scores: Vec<f32> = scored.iter().map(|r| r.score).collect();
+    let best = best_first_indices(&scores, |i| &scored[i].posting_id, options);
+    let mut scored: Vec<Option<Ranking>> = scored.into_iter().map(Some).collect();
+    best.into_iter()
+        .map(|(i, score)| {
+            let taken = scored[i].take().expect("each index is selected once");
+            ranking(taken.posting_id, score, taken.reasons)
+        })
+        .collect()
+}
+
+/// What [`best_first`] keeps, for a matcher that writes its reasons only for
+/// the postings it returns: the indices into `scores` (posting `i` has the
+/// id `id(i)`) at or above `min_score`, best first, at most `top_k`, each
+/// with its score clamped into [0, 1].
+pub fn best_first_indices<'a>(scores: &[f32], id: impl Fn(usize) -> &'a str, options: &Options) -> Vec<(usize, f32)> {
+    let mut kept: Vec<(usize, f32)> = scores
+        .iter()
+        .map(|&score| if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) })
+        .enumerate()
+        .filter(|&(_, score)| score >= options.min_score)
+        .collect();
+    let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then_with(|| id(a.0).cmp(id(b.0)));
+    let k = (options.top_k as usize).min(kept.len());
+    if k < kept.len() {
         // Partition first so that 10,000 postings and a top_k of 10 do not
         // pay for a full sort.
-        scored.select_nth_unstable_by(k, best_first_order);
-        scored.truncate(k);
+        kept.select_nth_unstable_by(k, order);
+        kept.truncate(k);
     }
-    scored.sort_unstable_by(best_first_order);
-    for ranking in &mut scored {
-        ranking.reasons.truncate(MAX_REASONS);
-        for reason in &mut ranking.reasons {
-            cap_reason(reason);
-        }
+    kept.sort_unstable_by(order);
+    kept
+}
+
+/// A ranking with its reasons cut to the contract's caps.
+pub fn ranking(posting_id: String, score: f32, mut reasons: Vec<String>) -> Ranking {
+    reasons.truncate(MAX_REASONS);
+    for reason in &mut reasons {
+        cap_reason(reason);
     }
-    scored
+    Ranking { posting_id, score, reasons }
 }
 
 /// Cuts `reason` to [`MAX_REASON_BYTES`] at a character boundary, ending it
@@ -49,10 +71,6 @@ pub fn cap_reason(reason: &mut String) {
     }
     reason.truncate(end);
     reason.push_str(ELLIPSIS);
-}
-
-fn best_first_order(a: &Ranking, b: &Ranking) -> std::cmp::Ordering {
-    b.score.total_cmp(&a.score).then_with(|| a.posting_id.cmp(&b.posting_id))
 }
 
 #[cfg(test)]

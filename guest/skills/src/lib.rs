@@ -17,8 +17,6 @@
 //! The scoring is plain Rust, unit-tested natively; the WIT export layer is
 //! [`matchbox_guest_kit::export_matcher!`] at the bottom of this file.
 
-use std::collections::HashMap;
-
 use matchbox_guest_kit::{Candidate, MatchError, Matcher, MatcherInfo, Options, Posting, Ranking, check, select};
 
 mod normalize;
@@ -57,116 +55,145 @@ impl Matcher for Skills {
                 "the candidate lists no skills: only postings that require none can score on skills",
             );
         }
-        let profile = Profile::new(&candidate);
-        let scored = postings.iter().map(|p| profile.score(p)).collect();
-        Ok(select::best_first(scored, &options))
+        let mut profile = Profile::new(&candidate);
+        if postings.len() <= options.top_k as usize {
+            // Every posting may be returned: explain each as it is scored.
+            let scored = postings
+                .iter()
+                .map(|p| {
+                    let mut reasons = Vec::with_capacity(5);
+                    let score = profile.assess(p, Some(&mut reasons));
+                    Ranking { posting_id: p.id.clone(), score, reasons }
+                })
+                .collect();
+            return Ok(select::best_first(scored, &options));
+        }
+        // Only the postings returned are explained: with 1,000 postings and
+        // a top_k of 10, writing reasons for the 990 left out was most of
+        // the work.
+        let scores: Vec<f32> = postings.iter().map(|p| profile.assess(p, None)).collect();
+        let best = select::best_first_indices(&scores, |i| &postings[i].id, &options);
+        Ok(best
+            .into_iter()
+            .map(|(i, score)| {
+                let mut reasons = Vec::with_capacity(5);
+                profile.assess(&postings[i], Some(&mut reasons));
+                select::ranking(postings[i].id.clone(), score, reasons)
+            })
+            .collect())
     }
 }
 
 /// The candidate, prepared once for scoring many postings.
 struct Profile<'a> {
     candidate: &'a Candidate,
-    /// Normalised skill name to the best weight the candidate gave it.
-    skills: HashMap<String, f32>,
+    /// Normalised skill names with the best weight the candidate gave each,
+    /// sorted by name: a candidate lists a handful of skills, and a binary
+    /// search of them needs no hashing (nor the random seed a `HashMap`
+    /// asks the host for).
+    skills: Vec<(String, f32)>,
     location: Option<String>,
+    /// Reused for every skill name looked up.
+    key: String,
 }
 
 impl<'a> Profile<'a> {
     fn new(candidate: &'a Candidate) -> Self {
-        let mut skills = HashMap::with_capacity(candidate.skills.len());
-        for skill in &candidate.skills {
-            let weight = skills.entry(skill_key(&skill.name)).or_insert(0.0_f32);
-            *weight = weight.max(skill.weight);
-        }
+        let mut skills: Vec<(String, f32)> =
+            candidate.skills.iter().map(|skill| (skill_key(&skill.name), skill.weight)).collect();
+        skills.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        // Sorted by name and then best weight first: keep the first of each.
+        skills.dedup_by(|later, first| later.0 == first.0);
         let location = candidate.location.as_deref().map(normalize::place);
-        Profile { candidate, skills, location }
+        Profile { candidate, skills, location, key: String::new() }
     }
 
-    fn score(&self, posting: &Posting) -> Ranking {
-        let mut reasons = Vec::with_capacity(5);
+    fn weight(&mut self, name: &str) -> Option<f32> {
+        normalize::skill_key_into(name, &mut self.key);
+        let key = self.key.as_str();
+        self.skills.binary_search_by(|(have, _)| have.as_str().cmp(key)).ok().map(|i| self.skills[i].1)
+    }
 
-        let required = self.overlap(&posting.required_skills);
-        if let Some(o) = &required {
-            reasons.push(o.describe("required"));
-        }
-        let preferred = self.overlap(&posting.preferred_skills);
-        if let Some(o) = &preferred {
-            reasons.push(o.describe("preferred"));
-        }
-        let required_fit = required.as_ref().map_or(1.0, |o| o.fit);
-        let preferred_fit = preferred.as_ref().map_or(1.0, |o| o.fit);
+    /// The posting's score; with `reasons`, also what explains it.
+    fn assess(&mut self, posting: &Posting, mut reasons: Option<&mut Vec<String>>) -> f32 {
+        let required_fit = self.overlap(&posting.required_skills, "required", reasons.as_deref_mut());
+        let preferred_fit = self.overlap(&posting.preferred_skills, "preferred", reasons.as_deref_mut());
+        let experience_fit = self.experience(posting, reasons.as_deref_mut());
+        let location_fit = self.location(posting, reasons.as_deref_mut());
+        let salary_fit = self.salary(posting, reasons);
 
-        let experience_fit = self.experience(posting, &mut reasons);
-        let location_fit = self.location(posting, &mut reasons);
-        let salary_fit = self.salary(posting, &mut reasons);
-
-        let score = W_REQUIRED * required_fit
+        W_REQUIRED * required_fit
             + W_PREFERRED * preferred_fit
             + W_EXPERIENCE * experience_fit
             + W_LOCATION * location_fit
-            + W_SALARY * salary_fit;
-        Ranking { posting_id: posting.id.clone(), score, reasons }
+            + W_SALARY * salary_fit
     }
 
-    fn overlap<'p>(&self, wanted: &'p [String]) -> Option<Overlap<'p>> {
+    /// The share of `wanted` the candidate has, by weight; full marks when
+    /// the posting wants none.
+    fn overlap(&mut self, wanted: &[String], kind: &str, reasons: Option<&mut Vec<String>>) -> f32 {
         if wanted.is_empty() {
-            return None;
+            return 1.0;
         }
         let mut total = 0.0;
         let mut have = 0;
         let mut missing = Vec::new();
         for name in wanted {
-            match self.skills.get(&skill_key(name)) {
-                Some(&weight) => {
+            match self.weight(name) {
+                Some(weight) => {
                     total += weight;
                     have += 1;
                 }
-                None => missing.push(name.as_str()),
+                None if reasons.is_some() => missing.push(name.as_str()),
+                None => {}
             }
         }
-        Some(Overlap { fit: total / wanted.len() as f32, have, of: wanted.len(), missing })
+        if let Some(reasons) = reasons {
+            reasons.push(describe_overlap(have, wanted.len(), kind, &missing));
+        }
+        total / wanted.len() as f32
     }
 
-    fn experience(&self, posting: &Posting, reasons: &mut Vec<String>) -> f32 {
+    fn experience(&self, posting: &Posting, reasons: Option<&mut Vec<String>>) -> f32 {
         let have = self.candidate.years_experience;
         let need = posting.min_years;
         if need <= 0.0 || have >= need {
-            if need > 0.0 {
+            if need > 0.0
+                && let Some(reasons) = reasons
+            {
                 reasons.push(format!("meets {} years of experience", trim_float(need)));
             }
             return 1.0;
         }
         let gap = need - have;
-        reasons.push(format!("experience: {} years short of {}", trim_float(gap), trim_float(need)));
+        if let Some(reasons) = reasons {
+            reasons.push(format!("experience: {} years short of {}", trim_float(gap), trim_float(need)));
+        }
         (1.0 - gap / need).max(0.0)
     }
 
-    fn location(&self, posting: &Posting, reasons: &mut Vec<String>) -> f32 {
-        let posting_place = posting.location.as_deref().map(normalize::place);
+    fn location(&self, posting: &Posting, reasons: Option<&mut Vec<String>>) -> f32 {
         if posting.remote && self.candidate.remote_ok {
-            reasons.push("remote ok".into());
+            push(reasons, || "remote ok".into());
             return 1.0;
         }
-        match (&self.location, &posting_place) {
-            (Some(mine), Some(theirs)) if mine == theirs => {
-                reasons.push(format!("same location: {}", posting.location.as_deref().unwrap_or_default()));
-                1.0
-            }
-            (Some(_), Some(_)) if posting.remote => {
-                reasons.push("remote posting, candidate prefers on site".into());
-                0.7
-            }
-            (Some(_), Some(_)) => {
-                reasons
-                    .push(format!("location mismatch: posting in {}", posting.location.as_deref().unwrap_or_default()));
-                0.0
-            }
+        let (Some(mine), Some(theirs)) = (&self.location, posting.location.as_deref()) else {
             // One side did not say where: neither a match nor a mismatch.
-            _ => 0.5,
+            return 0.5;
+        };
+        if *mine == normalize::place(theirs) {
+            push(reasons, || format!("same location: {theirs}"));
+            1.0
+        } else if posting.remote {
+            push(reasons, || "remote posting, candidate prefers on site".into());
+            0.7
+        } else {
+            push(reasons, || format!("location mismatch: posting in {theirs}"));
+            0.0
         }
     }
 
-    fn salary(&self, posting: &Posting, reasons: &mut Vec<String>) -> f32 {
+    fn salary(&self, posting: &Posting, reasons: Option<&mut Vec<String>>) -> f32 {
         let Some(desired) = self.candidate.desired_salary else {
             return 1.0;
         };
@@ -174,41 +201,48 @@ impl<'a> Profile<'a> {
         match top {
             None => 0.5,
             Some(top) if top >= desired => {
-                reasons.push("salary meets expectation".into());
+                push(reasons, || "salary meets expectation".into());
                 1.0
             }
             Some(top) => {
-                reasons.push("salary below expectation".into());
+                push(reasons, || "salary below expectation".into());
                 top as f32 / desired as f32
             }
         }
     }
 }
 
-struct Overlap<'p> {
-    fit: f32,
-    have: usize,
-    of: usize,
-    missing: Vec<&'p str>,
-}
-
-impl Overlap<'_> {
-    fn describe(&self, kind: &str) -> String {
-        let mut out = format!("{}/{} {kind} skills", self.have, self.of);
-        if !self.missing.is_empty() {
-            out.push_str("; missing: ");
-            let named = self.missing.len().min(MAX_NAMED_MISSING);
-            out.push_str(&self.missing[..named].join(", "));
-            if self.missing.len() > named {
-                out.push_str(&format!(" and {} more", self.missing.len() - named));
-            }
-        }
-        out
+/// Adds a reason when reasons are being written.
+fn push(reasons: Option<&mut Vec<String>>, reason: impl FnOnce() -> String) {
+    if let Some(reasons) = reasons {
+        reasons.push(reason());
     }
 }
 
+fn describe_overlap(have: usize, of: usize, kind: &str, missing: &[&str]) -> String {
+    let mut out = format!("{have}/{of} {kind} skills");
+    if !missing.is_empty() {
+        out.push_str("; missing: ");
+        let named = missing.len().min(MAX_NAMED_MISSING);
+        out.push_str(&missing[..named].join(", "));
+        if missing.len() > named {
+            out.push_str(&format!(" and {} more", missing.len() - named));
+        }
+    }
+    out
+}
+
+/// `x` with one decimal, or none when it is a whole number (years are
+/// usually whole: those are written as integers, without the exact float
+/// formatting that `{:.0}` goes through, and read the same).
 fn trim_float(x: f32) -> String {
-    if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
+    if x.fract() == 0.0 && (0.0..1e18).contains(&x) && x.is_sign_positive() {
+        (x as u64).to_string()
+    } else if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
 }
 
 matchbox_guest_kit::export_matcher!(Skills);
@@ -336,6 +370,54 @@ mod tests {
         p.salary_max = Some(0);
         let out = Skills::rank(c, vec![p], options()).unwrap();
         assert!((0.0..=1.0).contains(&out[0].score));
+    }
+
+    /// What `rank` did before it explained only the postings it returns:
+    /// every posting scored with its reasons, then the best kept.
+    fn explain_all_then_select(candidate: &Candidate, postings: &[Posting], options: &Options) -> Vec<Ranking> {
+        let mut profile = Profile::new(candidate);
+        let scored = postings
+            .iter()
+            .map(|p| {
+                let mut reasons = Vec::new();
+                let score = profile.assess(p, Some(&mut reasons));
+                Ranking { posting_id: p.id.clone(), score, reasons }
+            })
+            .collect();
+        select::best_first(scored, options)
+    }
+
+    #[test]
+    fn explaining_only_the_kept_postings_changes_nothing() {
+        const NAMES: &[&str] =
+            &["Rust", "rust!", "K8s", "JS", "Node.js", "C#", ".NET", "machine-learning", "Σίσυφος", "  a  b ", "x"];
+        const PLACES: &[&str] = &["Berlin", " berlin ", "Lisbon", "New   York", "ΣΟΦΊΑ", "İzmir"];
+        let mut seed = 7_u64;
+        let mut next = move |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..300 {
+            let mut c = candidate();
+            c.skills = (0..next(5)).map(|_| skill(NAMES[next(NAMES.len())], next(11) as f32 / 10.0)).collect();
+            c.location = [None, Some(PLACES[next(PLACES.len())].to_string())][next(2)].clone();
+            c.remote_ok = next(2) == 0;
+            let postings: Vec<Posting> = (0..next(25))
+                .map(|i| {
+                    let mut p = posting(&format!("p{}-{i}", next(50)), &[]);
+                    p.required_skills = (0..next(8)).map(|_| NAMES[next(NAMES.len())].to_string()).collect();
+                    p.preferred_skills = (0..next(3)).map(|_| NAMES[next(NAMES.len())].to_string()).collect();
+                    p.min_years = [0.0, 2.0, 2.5, 7.0, 0.35][next(5)];
+                    p.location = [None, Some(PLACES[next(PLACES.len())].to_string())][next(2)].clone();
+                    p.remote = next(2) == 0;
+                    p.salary_max = [None, Some(50_000), Some(120_000)][next(3)];
+                    p
+                })
+                .collect();
+            let options = Options { top_k: 1 + next(12) as u32, min_score: [0.0, 0.5][next(2)] };
+            let expected = explain_all_then_select(&c, &postings, &options);
+            assert_eq!(Skills::rank(c, postings, options).unwrap(), expected);
+        }
     }
 
     #[test]

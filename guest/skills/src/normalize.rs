@@ -31,6 +31,14 @@ const ALIASES: &[(&str, &str)] = &[
 /// runs of spaces collapsed, then common aliases resolved.
 pub fn skill_key(name: &str) -> String {
     let mut key = String::with_capacity(name.len());
+    skill_key_into(name, &mut key);
+    key
+}
+
+/// [`skill_key`] written into `key`, whose allocation is reused: the
+/// matcher looks up every skill of every posting.
+pub fn skill_key_into(name: &str, key: &mut String) {
+    key.clear();
     let mut pending_space = false;
     for ch in name.trim().chars() {
         if ch.is_alphanumeric() || ch == '+' || ch == '#' || (ch == '.' && key.is_empty()) {
@@ -38,21 +46,40 @@ pub fn skill_key(name: &str) -> String {
                 key.push(' ');
             }
             pending_space = false;
-            key.extend(ch.to_lowercase());
+            if ch.is_ascii() {
+                key.push(ch.to_ascii_lowercase());
+            } else {
+                key.extend(ch.to_lowercase());
+            }
         } else if ch.is_whitespace() || ch == '-' || ch == '_' || ch == '/' {
             pending_space = true;
         }
         // Other punctuation ("node.js", "rust!") is dropped without a gap.
     }
-    match ALIASES.iter().find(|(from, _)| *from == key) {
-        Some((_, to)) => (*to).to_string(),
-        None => key,
+    if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == key.as_str()) {
+        key.clear();
+        key.push_str(to);
     }
 }
 
-/// The comparison key of a place: trimmed, lower case, inner spaces collapsed.
+/// The comparison key of a place: trimmed, lower case, inner spaces
+/// collapsed. Written in one pass (a word of ASCII lowered in place), with
+/// the same result as lowering each word and joining them with a space.
 pub fn place(name: &str) -> String {
-    name.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>().join(" ")
+    let mut key = String::with_capacity(name.len());
+    for word in name.split_whitespace() {
+        if !key.is_empty() {
+            key.push(' ');
+        }
+        if word.is_ascii() {
+            let start = key.len();
+            key.push_str(word);
+            key[start..].make_ascii_lowercase();
+        } else {
+            key.push_str(&word.to_lowercase());
+        }
+    }
+    key
 }
 
 #[cfg(test)]
