@@ -10,16 +10,15 @@
 //! executor at every tick, and the whole call is a future: a timeout or a
 //! cancellation around it drops the future, and with it the Store, within one
 //! tick, whatever the guest is doing. The caller decides where the future
-//! runs; the job workers run it on a tokio runtime of its own, so that guest
-//! compute never occupies a worker of the runtime that serves HTTP.
+//! runs: on the sandbox's own runtime (below), where the job workers live.
 //!
 //! # Why the guests have a runtime of their own
 //!
 //! The sandbox owns a tokio runtime for guests, one thread per worker:
 //! [`Sandbox::on_guests`] runs a future there. Every guest call of the host
-//! (a job's `rank`, a matcher's `info()` at upload or first use) goes
-//! through it, so guest code never occupies a thread of the runtime that
-//! serves HTTP, whoever asked for it.
+//! (a job's `rank` by the workers that run there, a matcher's `info()` at
+//! upload or first use) goes through it, so guest code never occupies a
+//! thread of the runtime that serves HTTP, whoever asked for it.
 //!
 //! # What a job may take
 //!
