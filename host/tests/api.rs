@@ -306,6 +306,10 @@ async fn malformed_bodies_are_4xx_with_the_error_shape() {
     let reply = call_raw(router(), Method::POST, "/jobs/match", Some(job("a", 1).to_string()), "text/plain").await;
     assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(error_code(&reply), "unsupported_media_type");
+    for json_type in ["application/json; charset=utf-8", "application/vnd.matchbox+json"] {
+        let reply = call_raw(router(), Method::POST, "/jobs/match", Some(job("a", 1).to_string()), json_type).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{json_type}");
+    }
 
     let mut wrong_type = job("ada", 1);
     wrong_type["candidate"]["years_experience"] = json!("five");
