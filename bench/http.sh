@@ -3,8 +3,9 @@
 #  1. jobs per second and latency of `POST /jobs/match?wait=10s` (skills, 10
 #     postings) against a bare axum handler parsing the same JSON;
 #  2. overload: jobs completed per second closed-loop (`?wait=`, 32
-#     connections, 3 postings) against the same clients flooding submissions
-#     without waiting (more than the workers can run: most answered 429);
+#     connections) against the same clients flooding submissions without
+#     waiting, with 3 postings a job and with 100 (more than the workers can
+#     run: the queue fills and the rest is answered 429);
 #  3. `GET /tasks/{id}` latency with the host idle, then with every worker
 #     busy running guests (1,000-posting jobs submitted without pause).
 # Usage: bench/http.sh [seconds per run, default 10]
@@ -41,6 +42,7 @@ PY
 }
 job 10 > "$tmp/small.json"
 job 3 > "$tmp/tiny.json"
+job 100 > "$tmp/medium.json"
 job 1000 > "$tmp/large.json"
 
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" 2>/dev/null && return 0; curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1"; exit 1; }
@@ -66,19 +68,27 @@ done
 completed() {  # jobs this host completed so far, from /metrics
     curl -s http://127.0.0.1:18181/metrics | awk '/^matchbox_jobs_total\{.*outcome="completed"/ {n += $2} END {printf "%d\n", n}'
 }
-echo "# overload: 3 postings, 32 connections, ${SECS}s each"
-before=$(completed)
-run "closed loop, ?wait=10s" "http://127.0.0.1:18181/jobs/match?wait=10s" "$tmp/tiny.json" 32
-closed=$(( ($(completed) - before) / SECS ))
-before=$(completed)
-run "flood, no wait" "http://127.0.0.1:18181/jobs/match" "$tmp/tiny.json" 32
-flooded=$(( ($(completed) - before) / SECS ))
-python3 -c "print(f'jobs completed/s: closed loop $closed, under the flood $flooded, ratio {$flooded / $closed:.2f}')"
-# Let the flood's queue drain before the next measurement.
-for _ in $(seq 100); do
-    curl -s http://127.0.0.1:18181/status | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["jobs_in_flight"] != 0)' && break
-    sleep 0.2
-done
+drained() {  # waits for a flood's queue to drain before the next measurement
+    for _ in $(seq 100); do
+        curl -s http://127.0.0.1:18181/status | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin)["jobs_in_flight"] != 0)' && return
+        sleep 0.2
+    done
+}
+overload() {  # overload POSTINGS BODY
+    echo "# overload: $1 postings, 32 connections, ${SECS}s each"
+    local before closed flooded
+    before=$(completed)
+    run "closed loop, ?wait=10s" "http://127.0.0.1:18181/jobs/match?wait=10s" "$2" 32
+    closed=$(( ($(completed) - before) / SECS ))
+    drained
+    before=$(completed)
+    run "flood, no wait" "http://127.0.0.1:18181/jobs/match" "$2" 32
+    flooded=$(( ($(completed) - before) / SECS ))
+    python3 -c "print(f'jobs completed/s, $1 postings: closed loop $closed, under the flood $flooded, ratio {$flooded / $closed:.2f}')"
+    drained
+}
+overload 3 "$tmp/tiny.json"
+overload 100 "$tmp/medium.json"
 
 id=$(curl -s -X POST -H 'content-type: application/json' --data-binary @"$tmp/small.json" \
     'http://127.0.0.1:18181/jobs/match?wait=10s' | python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
