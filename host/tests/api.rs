@@ -311,6 +311,22 @@ async fn malformed_bodies_are_4xx_with_the_error_shape() {
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{json_type}");
     }
 
+    // Bytes that are not UTF-8 inside a string: the same refusal as any
+    // JSON that does not parse, saying what and where.
+    let mut bytes = job("ada", 1).to_string().into_bytes();
+    let at = bytes.windows(5).position(|w| w == b"\"ada\"").unwrap() + 1;
+    bytes[at] = 0xff;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/jobs/match")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(bytes))
+        .unwrap();
+    let reply = common::send(router(), request).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(error_code(&reply), "malformed_json");
+    assert!(reply.body["error"]["message"].as_str().unwrap().contains("unicode"), "{}", reply.body);
+
     let mut wrong_type = job("ada", 1);
     wrong_type["candidate"]["years_experience"] = json!("five");
     let reply = call(&app, Method::POST, "/jobs/match", Some(wrong_type)).await;
