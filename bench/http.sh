@@ -24,22 +24,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-job() {  # job N: a match request with N postings
-    python3 - "$1" <<'PY'
-import json, sys
-n = int(sys.argv[1])
-skills = ["rust", "go", "python", "kubernetes", "terraform", "postgresql", "react", "aws"]
-print(json.dumps({
-    "candidate": {"id": "bench", "skills": [{"name": s, "weight": 0.8} for s in skills[:4]],
-                  "years_experience": 5, "remote_ok": True, "desired_salary": 90000,
-                  "summary": "Backend engineer building distributed systems in Rust and Go."},
-    "postings": [{"id": f"p{i}", "title": f"{skills[i % 8]} engineer",
-                  "description": "Build and run services; code review; on-call.",
-                  "required_skills": [skills[i % 8], skills[(i + 3) % 8]], "preferred_skills": [skills[(i + 5) % 8]],
-                  "min_years": i % 7, "remote": i % 2 == 0, "salary_max": 80000 + 1000 * (i % 30)} for i in range(n)],
-    "options": {"top_k": 10}}))
-PY
-}
+job() { python3 bench/job.py "$1"; }  # job N: a match request with N postings
 job 10 > "$tmp/small.json"
 job 3 > "$tmp/tiny.json"
 job 100 > "$tmp/medium.json"

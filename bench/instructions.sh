@@ -22,19 +22,7 @@ mkdir -p "$OUT"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-python3 - > "$tmp/job.json" <<'PY'
-import json
-skills = ["rust", "go", "python", "kubernetes", "terraform", "postgresql", "react", "aws"]
-print(json.dumps({
-    "candidate": {"id": "bench", "skills": [{"name": s, "weight": 0.8} for s in skills[:4]],
-                  "years_experience": 5, "remote_ok": True, "desired_salary": 90000,
-                  "summary": "Backend engineer building distributed systems in Rust and Go."},
-    "postings": [{"id": f"p{i}", "title": f"{skills[i % 8]} engineer",
-                  "description": "Build and run services; code review; on-call.",
-                  "required_skills": [skills[i % 8], skills[(i + 3) % 8]], "preferred_skills": [skills[(i + 5) % 8]],
-                  "min_years": i % 7, "remote": i % 2 == 0, "salary_max": 80000 + 1000 * (i % 30)} for i in range(10)],
-    "options": {"top_k": 10}}))
-PY
+python3 bench/job.py 10 > "$tmp/job.json"
 
 # `exec`: run in the background, the host itself (not a subshell around it)
 # is the process `$!` names, so the signal that stops it reaches it.
